@@ -1,0 +1,169 @@
+"""Atomic writes with provenance: HDF5 arrays, TSV tables, JSON metadata.
+
+Every output is written under a temporary name in its own folder and renamed
+into place, so a killed job never leaves a half-written file that looks done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from robuniv import __version__
+
+PROVENANCE_ATTR = "provenance"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it to `path` only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def code_version() -> str:
+    """Package version plus the git commit of the checkout it runs from, when there is one."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        return f"{__version__}+g{commit}{'.dirty' if dirty else ''}"
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+
+
+def provenance(**fields: Any) -> dict[str, Any]:
+    """Provenance record: the given fields plus the code version."""
+    record = {"code_version": code_version()}
+    record.update(fields)
+    return record
+
+
+def _to_json(value: Mapping[str, Any]) -> str:
+    return json.dumps(value, sort_keys=True, default=_json_default)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, (np.ndarray,)):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot record {type(value).__name__} in provenance: {value!r}")
+
+
+def write_h5(
+    path: str | Path,
+    groups: Mapping[str, Mapping[str, np.ndarray]],
+    meta: Mapping[str, Any],
+    group_meta: Mapping[str, Mapping[str, Any]] | None = None,
+) -> None:
+    """Write `{group: {name: array}}` atomically; `meta` is the file's provenance (JSON attr).
+
+    Use group "" (or "/") for datasets at the root.
+    """
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as fh:
+            fh.attrs[PROVENANCE_ATTR] = _to_json(meta)
+            for group_name, arrays in groups.items():
+                group = fh.require_group(group_name) if group_name.strip("/") else fh
+                if group_meta and group_name in group_meta:
+                    group.attrs[PROVENANCE_ATTR] = _to_json(group_meta[group_name])
+                for name, array in arrays.items():
+                    group.create_dataset(name, data=np.asarray(array))
+
+
+def read_h5(path: str | Path, group: str = "/") -> dict[str, np.ndarray]:
+    """All datasets directly in `group` as arrays."""
+    with h5py.File(path, "r") as fh:
+        if group not in fh:
+            raise KeyError(f"{path}: no group {group!r}; groups: {list_groups(fh)}")
+        node = fh[group]
+        return {name: node[name][()] for name, item in node.items() if isinstance(item, h5py.Dataset)}
+
+
+def read_h5_meta(path: str | Path, group: str = "/") -> dict[str, Any]:
+    with h5py.File(path, "r") as fh:
+        raw = fh[group].attrs.get(PROVENANCE_ATTR)
+        return json.loads(raw) if raw is not None else {}
+
+
+def list_groups(fh: h5py.File) -> list[str]:
+    names: list[str] = []
+    fh.visit(lambda name: names.append(name) if isinstance(fh[name], h5py.Group) else None)
+    return names
+
+
+def write_table(path: str | Path, table: pd.DataFrame, meta: Mapping[str, Any] | None = None) -> None:
+    """Write a TSV atomically, provenance in one leading `# provenance: {json}` line.
+
+    Provenance holds no timestamps, so the same inputs give byte-identical tables.
+    """
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            if meta is not None:
+                fh.write(f"# {PROVENANCE_ATTR}: {_to_json(meta)}\n")
+            table.to_csv(fh, sep="\t", index=False, float_format="%.10g", lineterminator="\n")
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    return pd.read_csv(path, sep="\t", comment="#")
+
+
+def read_table_meta(path: str | Path) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as fh:
+        first = fh.readline()
+    prefix = f"# {PROVENANCE_ATTR}: "
+    return json.loads(first[len(prefix):]) if first.startswith(prefix) else {}
+
+
+def write_json(path: str | Path, value: Mapping[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(value, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())
