@@ -1,0 +1,62 @@
+# robuniv: are adversarially robust neural networks universal?
+# A table of contents: the stages live in rules/, the logic in the robuniv package.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+report: "report/workflow.rst"
+
+
+container: "docker://ghcr.io/robuniv/robuniv:0.1.0"
+
+
+include: "rules/common.smk"
+include: "rules/inputs.smk"
+include: "rules/training.smk"
+include: "rules/evaluation.smk"
+include: "rules/inversion.smk"
+include: "rules/activations.smk"
+include: "rules/similarity.smk"
+include: "rules/stats.smk"
+include: "rules/figures.smk"
+
+
+rule all:
+    input:
+        get_final_output,
+    default_target: True
+    localrule: True
+
+
+rule figures:
+    input:
+        [get_figure(fig) for fig in FIGURES],
+    localrule: True
+
+
+rule fig1:
+    input:
+        get_figure("fig1"),
+    localrule: True
+
+
+rule fig3:
+    input:
+        get_figure("fig3"),
+    localrule: True
+
+
+rule fig4:
+    input:
+        get_figure("fig4"),
+    localrule: True
+
+
+rule fig8:
+    input:
+        get_figure("fig8"),
+    localrule: True

@@ -1,0 +1,96 @@
+"""Study configuration helpers shared by the workflow and the tests (no torch).
+
+The JSON schema (rules/schemas/config.schema.yaml) checks types and names; this
+module checks what a schema cannot: relations between values and files on disk.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from robuniv.data import DatasetError, check_root
+
+
+class ConfigError(ValueError):
+    """A configuration value that would make a job fail later."""
+
+
+def format_eps(eps: float) -> str:
+    """The one spelling of eps in paths and wildcards: 0, 0.25, 0.5, 1, 3."""
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not math.isfinite(eps):
+        raise ConfigError(f"eps must be a finite number, got {eps!r}")
+    return f"{float(eps):g}"
+
+
+@dataclass(frozen=True, order=True)
+class ModelKey:
+    """One trained model of a study: architecture, robustness level, replica."""
+
+    arch: str
+    eps: float
+    run: int
+
+    @property
+    def name(self) -> str:
+        """Group name used for this model's inverted set inside activation files."""
+        return f"{self.arch}/run{self.run}"
+
+
+def study_models(study: Mapping[str, Any]) -> list[ModelKey]:
+    """Every (arch, eps, run) a study trains, in config order."""
+    return [
+        ModelKey(arch, float(eps), int(run))
+        for eps in study["eps"]
+        for arch in study["archs"]
+        for run in study.get("runs", [0])
+    ]
+
+
+def models_at(study: Mapping[str, Any], eps: float) -> list[ModelKey]:
+    """The models compared with each other at one eps."""
+    return [m for m in study_models(study) if math.isclose(m.eps, float(eps))]
+
+
+def check_study(name: str, study: Mapping[str, Any]) -> None:
+    """Raise ConfigError naming the bad value; run after schema validation (defaults applied)."""
+    try:
+        check_root(study["dataset"]["name"], study["dataset"]["root"])
+    except DatasetError as err:
+        raise ConfigError(f"study {name!r}: {err}") from None
+    eps_names = [format_eps(e) for e in study["eps"]]
+    if len(set(eps_names)) != len(eps_names):
+        raise ConfigError(f"study {name!r}: eps values {study['eps']} repeat once formatted")
+    sizes = {"inputs.n_inverted": study["inputs"]["n_inverted"]}
+    if study["inputs"]["n_regular"] is not None:
+        sizes["inputs.n_regular"] = study["inputs"]["n_regular"]
+    measures = study["similarity"]["measures"]
+    for key, n in sizes.items():
+        if "jaccard" in measures:
+            too_large = [k for k in study["similarity"]["jaccard_k"] if k >= n]
+            if too_large:
+                raise ConfigError(
+                    f"study {name!r}: similarity.jaccard_k {too_large} must be below {key} = {n}"
+                )
+        if "rtd" in measures and study["similarity"]["rtd"]["batch"] > n:
+            raise ConfigError(
+                f"study {name!r}: similarity.rtd.batch = {study['similarity']['rtd']['batch']} "
+                f"exceeds {key} = {n}"
+            )
+    unknown_layers = set(study["model"]["layers"]) - set(study["archs"])
+    if unknown_layers:
+        raise ConfigError(
+            f"study {name!r}: model.layers names {sorted(unknown_layers)}, not in archs {study['archs']}"
+        )
+
+
+def check_config(studies: Mapping[str, Mapping[str, Any]]) -> None:
+    for name, study in studies.items():
+        check_study(name, study)
+
+
+def unique(items: Iterable[str]) -> list[str]:
+    """Items in first-seen order without repeats."""
+    return list(dict.fromkeys(items))

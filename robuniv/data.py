@@ -1,0 +1,307 @@
+"""Datasets: where they live, how to check and fetch them, and how to read a split.
+
+Checking a dataset root needs no torch, so the workflow can refuse a bad root
+before any job starts. Reading images imports torch lazily.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from robuniv.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+Split = Literal["train", "eval"]
+SPLITS: tuple[str, ...] = ("train", "eval")
+
+# Debian's dataset-fashion-mnist package; its files are re-gzipped, so torchvision's
+# checksums fail on them and they are unpacked instead (NOTES.md, "Data available offline").
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+class DatasetError(ValueError):
+    """A dataset root is missing or does not hold what the dataset needs."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What the rest of robuniv needs to know about one dataset."""
+
+    name: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    model_variant: Literal["imagenet", "cifar"]
+    required_files: tuple[str, ...]
+    fetch_hint: str
+    load_arrays: Callable[[Path, Split], tuple[np.ndarray, np.ndarray]]
+    fetch: Callable[[Path], None] | None = None
+
+
+DATASETS: Registry[DatasetSpec] = Registry("dataset")
+
+
+# --- Fashion-MNIST ---------------------------------------------------------
+
+_FMNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "eval": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (the MNIST format) without torch."""
+    raw = path.read_bytes()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DatasetError(f"{path} is not an IDX file of unsigned bytes")
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(shape)):
+        raise DatasetError(f"{path} holds {data.size} bytes, its header says {shape}")
+    return data.reshape(shape)
+
+
+def _fashion_mnist_arrays(root: Path, split: Split) -> tuple[np.ndarray, np.ndarray]:
+    raw = root / "FashionMNIST" / "raw"
+    images = _read_idx(raw / _FMNIST_FILES[split][0])
+    labels = _read_idx(raw / _FMNIST_FILES[split][1]).astype(np.int64)
+    # Pad 28x28 to 32x32 so every registry architecture (VGG's five poolings) fits.
+    images = np.pad(images, ((0, 0), (2, 2), (2, 2)))[:, None]
+    return images, labels
+
+
+def _fetch_fashion_mnist(root: Path) -> None:
+    raw = root / "FashionMNIST" / "raw"
+    if DEBIAN_FASHION_MNIST.is_dir():
+        raw.mkdir(parents=True, exist_ok=True)
+        for name in (n for pair in _FMNIST_FILES.values() for n in pair):
+            source = DEBIAN_FASHION_MNIST / f"{name}.gz"
+            tmp = raw / f".{name}.tmp"
+            with gzip.open(source, "rb") as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            tmp.replace(raw / name)
+        log.info("unpacked Fashion-MNIST from %s into %s", DEBIAN_FASHION_MNIST, raw)
+        return
+    from torchvision.datasets import FashionMNIST
+
+    for train in (True, False):
+        FashionMNIST(str(root), train=train, download=True)
+
+
+DATASETS.register(
+    "fashion_mnist",
+    DatasetSpec(
+        name="fashion_mnist",
+        num_classes=10,
+        in_channels=1,
+        image_size=32,
+        mean=(0.2860,),
+        std=(0.3530,),
+        model_variant="cifar",
+        required_files=tuple(f"FashionMNIST/raw/{n}" for p in _FMNIST_FILES.values() for n in p),
+        fetch_hint=(
+            "install Debian's dataset-fashion-mnist (apt) or let torchvision download it: "
+            "`python -m robuniv.data fetch fashion_mnist ROOT`"
+        ),
+        load_arrays=_fashion_mnist_arrays,
+        fetch=_fetch_fashion_mnist,
+    ),
+)
+
+
+# --- CIFAR-10 (torchvision's format) ----------------------------------------
+
+
+def _cifar10_arrays(root: Path, split: Split) -> tuple[np.ndarray, np.ndarray]:
+    from torchvision.datasets import CIFAR10
+
+    ds = CIFAR10(str(root), train=split == "train", download=False)
+    return np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)), np.asarray(ds.targets, np.int64)
+
+
+def _fetch_cifar10(root: Path) -> None:
+    from torchvision.datasets import CIFAR10
+
+    for train in (True, False):
+        CIFAR10(str(root), train=train, download=True)
+
+
+DATASETS.register(
+    "cifar10",
+    DatasetSpec(
+        name="cifar10",
+        num_classes=10,
+        in_channels=3,
+        image_size=32,
+        mean=(0.4914, 0.4822, 0.4465),
+        std=(0.2023, 0.1994, 0.2010),
+        model_variant="cifar",
+        required_files=tuple(
+            f"cifar-10-batches-py/{n}"
+            for n in ["batches.meta", "test_batch"] + [f"data_batch_{i}" for i in range(1, 6)]
+        ),
+        fetch_hint="needs internet: `python -m robuniv.data fetch cifar10 ROOT` (torchvision download)",
+        load_arrays=_cifar10_arrays,
+        fetch=_fetch_cifar10,
+    ),
+)
+
+
+# --- checking, fetching, reading ----------------------------------------------
+
+
+def check_root(name: str, root: str | Path) -> None:
+    """Raise DatasetError naming the path and what was expected there. No torch needed."""
+    spec = DATASETS.get(name)
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(
+            f"dataset {name!r}: root {str(root)!r} does not exist; expected a folder holding "
+            f"{', '.join(spec.required_files)}. To get it: {spec.fetch_hint}"
+        )
+    missing = [f for f in spec.required_files if not (root / f).is_file()]
+    if missing:
+        raise DatasetError(
+            f"dataset {name!r}: root {str(root)!r} lacks {', '.join(missing)}. "
+            f"To get it: {spec.fetch_hint}"
+        )
+
+
+def fetch(name: str, root: str | Path) -> None:
+    """Make dataset `name` available under `root` (local copy where one exists, else download)."""
+    spec = DATASETS.get(name)
+    root = Path(root)
+    try:
+        check_root(name, root)
+        log.info("dataset %s already present in %s", name, root)
+        return
+    except DatasetError:
+        pass
+    if spec.fetch is None:
+        raise DatasetError(f"dataset {name!r} cannot be fetched automatically: {spec.fetch_hint}")
+    spec.fetch(root)
+    check_root(name, root)
+
+
+def load_labels(name: str, root: str | Path, split: Split) -> np.ndarray:
+    """Labels of a split in file order, as int64."""
+    return DATASETS.get(name).load_arrays(Path(root), split)[1]
+
+
+def augmentation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The robustness library's training augmentation for 32x32 data (SPEC section 2)."""
+    from torchvision.transforms import v2
+
+    spec = DATASETS.get(name)
+    return v2.Compose(
+        [
+            v2.RandomCrop(spec.image_size, padding=4),
+            v2.RandomHorizontalFlip(),
+            v2.ColorJitter(0.25, 0.25, 0.25),
+            v2.RandomRotation(2),
+        ]
+    )
+
+
+class ImageArrayDataset:
+    """A split held in memory as uint8 (N, C, H, W); items are (float image in [0,1], label)."""
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        import torch
+
+        if images.ndim != 4 or images.dtype != np.uint8:
+            raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {images.shape}")
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.images = torch.from_numpy(np.ascontiguousarray(images))
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        x = self.images[index].float().div_(255.0)
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, int(self.labels[index])
+
+    def tensors(self) -> torch.Tensor:
+        """All images as float in [0, 1] (no augmentation)."""
+        return self.images.float().div_(255.0)
+
+
+def open_split(
+    name: str,
+    root: str | Path,
+    split: Split,
+    *,
+    indices: np.ndarray | None = None,
+    augment: bool = False,
+) -> ImageArrayDataset:
+    """Read a split (optionally a subset of rows, in the given order) into memory."""
+    check_root(name, root)
+    images, labels = DATASETS.get(name).load_arrays(Path(root), split)
+    if indices is not None:
+        indices = np.asarray(indices, dtype=np.int64)
+        bad = indices[(indices < 0) | (indices >= len(labels))]
+        if bad.size:
+            raise IndexError(f"indices {bad[:5].tolist()} outside the {split} split of {len(labels)}")
+        images, labels = images[indices], labels[indices]
+    return ImageArrayDataset(images, labels, augmentation(name) if augment else None)
+
+
+def sample_indices(num_items: int, n: int | None, seed: int) -> np.ndarray:
+    """A seeded uniform sample of `n` distinct indices of a split, sorted (all when n is None).
+
+    Sorted so that reading is sequential; the sample is over the whole split, never a prefix.
+    """
+    if n is None or n >= num_items:
+        return np.arange(num_items, dtype=np.int64)
+    if n <= 0:
+        raise ValueError(f"sample size must be positive, got {n}")
+    return np.sort(np.random.default_rng(seed).choice(num_items, size=n, replace=False))
+
+
+def _main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m robuniv.data", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    fetch_cmd = sub.add_parser("fetch", help="make a dataset available under ROOT")
+    fetch_cmd.add_argument("name", choices=DATASETS.names())
+    fetch_cmd.add_argument("root")
+    check_cmd = sub.add_parser("check", help="check that ROOT holds the dataset")
+    check_cmd.add_argument("name", choices=DATASETS.names())
+    check_cmd.add_argument("root")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        (fetch if args.command == "fetch" else check_root)(args.name, args.root)
+    except DatasetError as err:
+        raise SystemExit(f"error: {err}") from None
+    print(f"{args.name}: ok in {args.root}")  # noqa: T201 - command-line output
+
+
+if __name__ == "__main__":
+    _main()

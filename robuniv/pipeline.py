@@ -1,0 +1,237 @@
+"""One function per torch stage of the workflow: config values and paths in, files out.
+
+The workflow scripts are thin adapters around these; they can also be called from
+a notebook or another workflow manager.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from robuniv import io
+from robuniv.activations import extract, uint8_to_float
+from robuniv.attacks import invert, to_uint8
+from robuniv.compare import REGULAR_GROUP
+from robuniv.data import DATASETS, load_labels, open_split, sample_indices
+from robuniv.inputs import inversion_pairs, regular_inputs
+from robuniv.models import (
+    ModelSpec,
+    build_model,
+    count_parameters,
+    default_layer,
+    load_checkpoint,
+)
+from robuniv.train import TrainConfig, evaluate_model, train_model
+
+log = logging.getLogger(__name__)
+
+EVALUATION_COLUMNS = ("arch", "run", "eps", "params", "n", "clean_acc", "adv_acc", "attack_eps")
+
+
+def model_spec(arch: str, dataset: str, *, width: float = 1.0, adapt_stem: bool | None = None) -> ModelSpec:
+    """The network a study trains for `arch` on `dataset`: variant and input shape from the data."""
+    data = DATASETS.get(dataset)
+    return ModelSpec(
+        arch=arch,
+        num_classes=data.num_classes,
+        variant=data.model_variant,
+        width=width,
+        adapt_stem=adapt_stem,
+        in_channels=data.in_channels,
+        mean=data.mean,
+        std=data.std,
+    )
+
+
+def layer_for(model_spec_: ModelSpec, layers: Mapping[str, str]) -> str:
+    """The configured penultimate layer of an architecture, else the registry's."""
+    return layers.get(model_spec_.arch) or default_layer(model_spec_)
+
+
+def run_seed(base_seed: int, run: int) -> int:
+    """Training replica `run` uses seed base + run: run 0 is the base seed itself."""
+    return int(base_seed) + int(run)
+
+
+def train_stage(
+    *,
+    arch: str,
+    eps: float,
+    run: int,
+    model: Mapping[str, Any],
+    dataset: Mapping[str, Any],
+    train: Mapping[str, Any],
+    checkpoint: str | Path,
+    device: str,
+    provenance: Mapping[str, Any],
+) -> None:
+    """Adversarially train one (arch, eps, run); resumable from `<checkpoint>.resume`."""
+    spec = model_spec(arch, dataset["name"], width=model["width"], adapt_stem=model["adapt_stem"])
+    seed = run_seed(train["seed"], run)
+    labels = load_labels(dataset["name"], dataset["root"], "train")
+    subset = sample_indices(len(labels), train["n_images"], seed=train["seed"])
+    train_set = open_split(dataset["name"], dataset["root"], "train", indices=subset, augment=True)
+    config = TrainConfig(
+        epochs=train["epochs"],
+        batch_size=train["batch_size"],
+        eps=float(eps),
+        seed=seed,
+        lr=train["lr"],
+        momentum=train["momentum"],
+        weight_decay=train["weight_decay"],
+        lr_step_epochs=train["lr_step_epochs"],
+        lr_gamma=train["lr_gamma"],
+        attack_steps=train["attack_steps"],
+        num_workers=train["num_workers"],
+        amp=train["amp"],
+        channels_last=train["channels_last"],
+    )
+    net = build_model(spec, seed=seed)
+    log.info("training %s (%d parameters) at eps %g, run %d, on %d images", arch, count_parameters(net), eps, run, len(train_set))
+    train_model(
+        net,
+        train_set,
+        config,
+        checkpoint=Path(checkpoint),
+        resume_state=Path(f"{checkpoint}.resume"),
+        device=device,
+        extra={"provenance": dict(provenance), "train_subset_size": len(subset)},
+    )
+
+
+def evaluate_stage(
+    *,
+    checkpoint: str | Path,
+    eps: float,
+    run: int,
+    dataset: Mapping[str, Any],
+    evaluate: Mapping[str, Any],
+    device: str,
+) -> pd.DataFrame:
+    """Clean and adversarial accuracy of one model (SPEC 2; eps = 0 models attacked at 0.25)."""
+    model, _ = load_checkpoint(checkpoint, map_location=device)
+    labels = load_labels(dataset["name"], dataset["root"], "eval")
+    subset = sample_indices(len(labels), evaluate["n_images"], seed=evaluate["seed"])
+    eval_set = open_split(dataset["name"], dataset["root"], "eval", indices=subset)
+    attack_eps = float(eps) if eps > 0 else float(evaluate["standard_attack_eps"])
+    result = evaluate_model(
+        model,
+        eval_set,
+        eps=attack_eps,
+        attack_steps=evaluate["attack_steps"],
+        batch_size=evaluate["batch_size"],
+        device=device,
+    )
+    row = {
+        "arch": model.spec.arch,
+        "run": int(run),
+        "eps": float(eps),
+        "params": count_parameters(model),
+        "n": result["n"],
+        "clean_acc": result["clean_acc"],
+        "adv_acc": result["adv_acc"],
+        "attack_eps": attack_eps,
+    }
+    return pd.DataFrame([row], columns=list(EVALUATION_COLUMNS))
+
+
+def sample_stage(
+    *, dataset: Mapping[str, Any], inputs: Mapping[str, Any]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The study's regular-image sample and its inversion pair list (SPEC 3)."""
+    labels = load_labels(dataset["name"], dataset["root"], "eval")
+    regular = regular_inputs(labels, inputs["n_regular"], seed=inputs["seed"])
+    pairs = inversion_pairs(labels, inputs["n_inverted"], seed=inputs["seed"])
+    return regular, pairs
+
+
+def invert_stage(
+    *,
+    checkpoint: str | Path,
+    pairs: pd.DataFrame,
+    dataset: Mapping[str, Any],
+    inversion: Mapping[str, Any],
+    layers: Mapping[str, str],
+    device: str,
+    output: str | Path,
+    provenance: Mapping[str, Any],
+) -> None:
+    """Invert the study's target images through one model, starting from their seeds (SPEC 3)."""
+    model, _ = load_checkpoint(checkpoint, map_location=device)
+    layer = layer_for(model.spec, layers)
+    name, root = dataset["name"], dataset["root"]
+    seeds = open_split(name, root, "eval", indices=pairs["seed"].to_numpy()).tensors()
+    targets = open_split(name, root, "eval", indices=pairs["target"].to_numpy()).tensors()
+    result = invert(
+        model,
+        seeds,
+        targets,
+        layer=layer,
+        steps=inversion["steps"],
+        step_size=inversion["step_size"],
+        momentum=inversion["momentum"],
+        batch_size=inversion["batch_size"],
+        device=device,
+    )
+    log.info("inversion loss: median %.4f, max %.4f", np.median(result.loss), result.loss.max())
+    arrays = {
+        "images": to_uint8(result.images),
+        "target_index": pairs["target"].to_numpy(np.int64),
+        "seed_index": pairs["seed"].to_numpy(np.int64),
+        "target_label": pairs["target_label"].to_numpy(np.int64),
+        "seed_label": pairs["seed_label"].to_numpy(np.int64),
+        "loss": result.loss,
+    }
+    io.write_h5(output, {"/": arrays}, {**provenance, "layer": layer})
+
+
+def activations_stage(
+    *,
+    checkpoint: str | Path,
+    regular: pd.DataFrame,
+    inverted: Mapping[str, str | Path],
+    dataset: Mapping[str, Any],
+    batch_size: int,
+    layers: Mapping[str, str],
+    device: str,
+    output: str | Path,
+    provenance: Mapping[str, Any],
+) -> None:
+    """Features and logits of one model on the regular images and on every inverted set (SPEC 4).
+
+    `inverted` maps a source model's name (`arch/runR`) to its inverted-image file; each
+    (model, input set) forward pass happens here and nowhere else.
+    """
+    model, _ = load_checkpoint(checkpoint, map_location=device)
+    layer = layer_for(model.spec, layers)
+    images = open_split(dataset["name"], dataset["root"], "eval", indices=regular["index"].to_numpy())
+    sets: dict[str, tuple[torch.Tensor, np.ndarray, np.ndarray, dict[str, Any]]] = {
+        REGULAR_GROUP: (
+            images.tensors(),
+            regular["label"].to_numpy(np.int64),
+            regular["index"].to_numpy(np.int64),
+            {"input_set": REGULAR_GROUP},
+        )
+    }
+    for source, path in sorted(inverted.items()):
+        stored = io.read_h5(path)
+        sets[f"inverted/{source}"] = (
+            uint8_to_float(stored["images"]),
+            stored["target_label"],
+            stored["target_index"],
+            {"input_set": f"inverted/{source}", "inverted_file_sha256": io.sha256_file(path)},
+        )
+    groups: dict[str, dict[str, np.ndarray]] = {}
+    group_meta: dict[str, dict[str, Any]] = {}
+    for group, (x, labels, indices, meta) in sets.items():
+        features, logits = extract(model, x, layer=layer, batch_size=batch_size, device=device, desc=group)
+        groups[group] = {"features": features, "logits": logits, "labels": labels, "indices": indices}
+        group_meta[group] = meta
+    io.write_h5(output, groups, {**provenance, "layer": layer}, group_meta=group_meta)

@@ -1,0 +1,144 @@
+import re
+
+from snakemake.utils import validate
+
+from robuniv.compare import INPUT_KINDS
+from robuniv.config import check_config, format_eps, models_at, study_models, ModelKey
+
+
+validate(config, schema="schemas/config.schema.yaml")
+# Relations the schema cannot express (dataset files, k < N, ...) stop the run here,
+# before any job starts, with a message naming the bad value.
+check_config(config["studies"])
+
+STUDIES = config["studies"]
+
+# Path templates: stage first, then keys from coarse to fine (STYLE.md section 5).
+MODEL = "results/{study}/models/{arch}/eps{eps}/run{run}.pt"
+EVALUATION = "results/{study}/evaluation/{arch}/eps{eps}/run{run}.tsv"
+REGULAR_INPUTS = "results/{study}/inputs/regular.tsv"
+INVERSION_PAIRS = "results/{study}/inputs/inversion_pairs.tsv"
+INVERTED = "results/{study}/inverted/{arch}/eps{eps}/run{run}.h5"
+ACTIVATIONS = "results/{study}/activations/{arch}/eps{eps}/run{run}.h5"
+SIMILARITY = "results/{study}/similarity/{inputs}/eps{eps}/{measure}.tsv"
+SIMILARITY_TABLE = "results/{study}/tables/similarity.tsv"
+ACCURACY_TABLE = "results/{study}/tables/accuracy.tsv"
+SPEARMAN_TABLE = "results/{study}/tables/spearman.tsv"
+FIGURE = "results/{study}/figures/{name}.{ext}"
+FIGURES = {
+    "fig1": "fig1_predictive_regular",
+    "fig3": "fig3_predictive_inverted",
+    "fig4": "fig4_representational",
+    "fig8": "fig8_jaccard_k",
+}
+
+
+def _alternatives(values):
+    return "|".join(re.escape(v) for v in sorted(set(values)))
+
+
+wildcard_constraints:
+    study=_alternatives(STUDIES),
+    arch=_alternatives(a for s in STUDIES.values() for a in s["archs"]),
+    eps=_alternatives(format_eps(e) for s in STUDIES.values() for e in s["eps"]),
+    run=r"\d+",
+    inputs=_alternatives(INPUT_KINDS),
+    measure=_alternatives(m for s in STUDIES.values() for m in s["similarity"]["measures"]),
+
+
+def study(wildcards):
+    return STUDIES[wildcards.study]
+
+
+def model_path(template, study_name, model):
+    return template.format(
+        study=study_name, arch=model.arch, eps=format_eps(model.eps), run=model.run
+    )
+
+
+def model_key(wildcards):
+    return ModelKey(wildcards.arch, float(wildcards.eps), int(wildcards.run))
+
+
+def get_dataset_files(wildcards):
+    dataset = study(wildcards)["dataset"]
+    from robuniv.data import DATASETS
+
+    files = DATASETS.get(dataset["name"]).required_files
+    return [ancient(f"{dataset['root']}/{f}") for f in files]
+
+
+def get_inverted_sets(wildcards):
+    """Inverted images of every model at this eps: each one's activations need all of them."""
+    models = models_at(study(wildcards), float(wildcards.eps))
+    return {m.name: model_path(INVERTED, wildcards.study, m) for m in models}
+
+
+def get_eps_activations(wildcards):
+    models = models_at(study(wildcards), float(wildcards.eps))
+    return [model_path(ACTIVATIONS, wildcards.study, m) for m in models]
+
+
+def get_similarity_parts(wildcards):
+    s = study(wildcards)
+    return expand(
+        SIMILARITY,
+        study=wildcards.study,
+        inputs=INPUT_KINDS,
+        eps=[format_eps(e) for e in s["eps"]],
+        measure=s["similarity"]["measures"],
+    )
+
+
+def get_evaluations(wildcards):
+    return [model_path(EVALUATION, wildcards.study, m) for m in study_models(study(wildcards))]
+
+
+def model_params(wildcards):
+    """Everything that defines the network: architecture, variant, width, stem, data shape."""
+    s = study(wildcards)
+    return {"arch": wildcards.arch, "dataset": s["dataset"]["name"], **s["model"]}
+
+
+def resources_for(rule_name, **defaults):
+    """Config overrides on top of the rule's defaults; runtime and memory grow per attempt."""
+    merged = {**defaults, **config["resources"].get(rule_name, {})}
+    runtime, mem_mb = merged.pop("runtime", None), merged.pop("mem_mb", None)
+    if runtime is not None:
+        merged["runtime"] = lambda wildcards, attempt: runtime * attempt
+    if mem_mb is not None:
+        merged["mem_mb"] = lambda wildcards, attempt: mem_mb * attempt
+    merged.pop("threads", None)
+    return merged
+
+
+def threads_for(rule_name, default=1):
+    return config["resources"].get(rule_name, {}).get("threads", default)
+
+
+def get_final_output(wildcards=None):
+    outputs = []
+    for name in STUDIES:
+        outputs.append(ACCURACY_TABLE.format(study=name))
+        outputs.append(SPEARMAN_TABLE.format(study=name))
+        outputs += expand(FIGURE, study=name, name=FIGURES.values(), ext=["pdf", "png"])
+    return outputs
+
+
+def get_figure(fig):
+    return [
+        FIGURE.format(study=name, name=FIGURES[fig], ext=ext)
+        for name in STUDIES
+        for ext in ("pdf", "png")
+    ]
+
+
+def similarity_options(s, measure):
+    """Only the options a measure reads, so changing RTD's leaves CKA's tables alone."""
+    options = s["similarity"]
+    if measure == "jaccard":
+        return {"jaccard_k": options["jaccard_k"]}
+    if measure == "rtd":
+        rtd = options["rtd"]
+        return {"rtd_trials": rtd["trials"], "rtd_batch": rtd["batch"], "rtd_seed": rtd["seed"]}
+    return {}

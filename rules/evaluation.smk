@@ -1,0 +1,32 @@
+rule evaluate_model:
+    input:
+        ckpt=MODEL,
+        data=get_dataset_files,
+    output:
+        table=EVALUATION,
+    log:
+        "logs/" + EVALUATION.removesuffix(".tsv") + ".log",
+    benchmark:
+        "benchmarks/" + EVALUATION
+    params:
+        dataset=lambda wc: study(wc)["dataset"],
+        evaluate=lambda wc: study(wc)["evaluate"],
+        device=config["device"],
+    threads: threads_for("evaluate_model")
+    resources:
+        **resources_for("evaluate_model", runtime=30, mem_mb=4000),
+    script:
+        "../workflow_scripts/evaluate_model.py"
+
+
+rule tabulate_accuracy:
+    input:
+        get_evaluations,
+    output:
+        table=ACCURACY_TABLE,
+        latex=ACCURACY_TABLE.removesuffix(".tsv") + ".tex",
+    log:
+        "logs/results/{study}/tables/accuracy.log",
+    localrule: True
+    script:
+        "../workflow_scripts/tabulate_accuracy.py"

@@ -1,0 +1,14 @@
+rule sample_inputs:
+    input:
+        get_dataset_files,
+    output:
+        regular=REGULAR_INPUTS,
+        pairs=INVERSION_PAIRS,
+    log:
+        "logs/results/{study}/inputs/sample_inputs.log",
+    params:
+        dataset=lambda wc: study(wc)["dataset"],
+        inputs=lambda wc: study(wc)["inputs"],
+    localrule: True
+    script:
+        "../workflow_scripts/sample_inputs.py"

@@ -1,0 +1,31 @@
+rule compute_similarity:
+    input:
+        get_eps_activations,
+    output:
+        table=SIMILARITY,
+    log:
+        "logs/" + SIMILARITY.removesuffix(".tsv") + ".log",
+    benchmark:
+        "benchmarks/" + SIMILARITY
+    params:
+        models=lambda wc: [
+            [m.arch, m.eps, m.run] for m in models_at(study(wc), float(wc.eps))
+        ],
+        options=lambda wc: similarity_options(study(wc), wc.measure),
+    threads: threads_for("compute_similarity")
+    resources:
+        **resources_for("compute_similarity", runtime=60, mem_mb=8000),
+    script:
+        "../workflow_scripts/compute_similarity.py"
+
+
+rule aggregate_similarity:
+    input:
+        get_similarity_parts,
+    output:
+        table=SIMILARITY_TABLE,
+    log:
+        "logs/results/{study}/tables/similarity.log",
+    localrule: True
+    script:
+        "../workflow_scripts/aggregate_similarity.py"

@@ -1,0 +1,19 @@
+rule train_model:
+    input:
+        get_dataset_files,
+    output:
+        ckpt=MODEL,
+    log:
+        "logs/" + MODEL.removesuffix(".pt") + ".log",
+    benchmark:
+        "benchmarks/" + MODEL.removesuffix(".pt") + ".tsv"
+    params:
+        model=model_params,
+        dataset=lambda wc: study(wc)["dataset"],
+        train=lambda wc: study(wc)["train"],
+        device=config["device"],
+    threads: threads_for("train_model")
+    resources:
+        **resources_for("train_model", runtime=60, mem_mb=4000),
+    script:
+        "../workflow_scripts/train_model.py"
