@@ -79,6 +79,20 @@ def check_study(name: str, study: Mapping[str, Any]) -> None:
                 f"study {name!r}: similarity.rtd.batch = {study['similarity']['rtd']['batch']} "
                 f"exceeds {key} = {n}"
             )
+    figures = study["figures"]
+    missing_measures = set(figures["fig4"]["measures"]) - set(measures)
+    if missing_measures:
+        raise ConfigError(
+            f"study {name!r}: figures.fig4.measures {sorted(missing_measures)} are not computed; "
+            f"similarity.measures = {measures}"
+        )
+    for key, ks in (("fig4.jaccard_k", [figures["fig4"]["jaccard_k"]]), ("fig8.jaccard_k", figures["fig8"]["jaccard_k"])):
+        missing_k = [k for k in ks if k not in study["similarity"]["jaccard_k"]]
+        if missing_k:
+            raise ConfigError(
+                f"study {name!r}: figures.{key} {missing_k} not in similarity.jaccard_k "
+                f"{study['similarity']['jaccard_k']}"
+            )
     unknown_layers = set(study["model"]["layers"]) - set(study["archs"])
     if unknown_layers:
         raise ConfigError(

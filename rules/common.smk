@@ -142,3 +142,9 @@ def similarity_options(s, measure):
         rtd = options["rtd"]
         return {"rtd_trials": rtd["trials"], "rtd_batch": rtd["batch"], "rtd_seed": rtd["seed"]}
     return {}
+
+
+def figure_options(s, fig):
+    """The options one figure reads: the shared dpi plus its own block."""
+    options = s["figures"]
+    return {"dpi": options["dpi"], **options.get(fig, {})}

@@ -33,7 +33,7 @@ for fig, fig_inputs in FIGURE_INPUTS.items():
             f"logs/results/{{study}}/figures/{fig}.log",
         params:
             figure=fig,
-            options=lambda wc: study(wc)["figures"],
+            options=lambda wc, fig=fig: figure_options(study(wc), fig),
         localrule: True
         script:
             "../workflow_scripts/plot_figure.py"

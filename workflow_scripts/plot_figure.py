@@ -17,11 +17,11 @@ def main(smk) -> None:
         fig = plots.plot_representational(
             similarity,
             io.read_table(smk.input.spearman),
-            measures=tuple(options["fig4_measures"]),
-            k=options["fig4_jaccard_k"],
+            measures=tuple(options["measures"]),
+            k=options["jaccard_k"],
         )
     else:
-        fig = plots.plot_jaccard_k(similarity)
+        fig = plots.plot_jaccard_k(similarity, ks=tuple(options["jaccard_k"]))
     meta = io.provenance(study=smk.wildcards.study, figure=figure, options=options)
     plots.save_figure(fig, smk.output.pdf, smk.output.png, dpi=options["dpi"], metadata=meta)
 
