@@ -11,7 +11,6 @@ if not workflow.overwrite_configfiles:
     configfile: "config.yaml"
 
 
-
 report: "report/workflow.rst"
 
 
@@ -30,9 +29,9 @@ include: "rules/figures.smk"
 
 
 rule all:
+    default_target: True
     input:
         get_final_output,
-    default_target: True
     localrule: True
 
 

@@ -6,6 +6,7 @@ import logging
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from robuniv.log import progress_kwargs
@@ -17,29 +18,30 @@ log = logging.getLogger(__name__)
 @torch.no_grad()
 def extract(
     model: RobustModel,
-    images: torch.Tensor,
+    images: Dataset,
     *,
     layer: str,
     batch_size: int = 256,
     device: str = "cpu",
+    num_workers: int = 0,
     desc: str = "activations",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Features (N x D) and logits (N x C) of `images` (N x C x H x W in [0, 1]), float32.
+    """Features (N x D) and logits (N x C) of a dataset of (image in [0, 1], label), float32.
 
-    One forward pass per batch yields both, in eval mode.
+    Streams batches (ImageNet-sized sets do not fit in memory at once); one forward
+    pass per batch yields both, in eval mode, in dataset order.
     """
-    if images.ndim != 4:
-        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
     model = model.to(device).eval()
+    loader = DataLoader(
+        images,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=device.startswith("cuda"),
+    )
     features, logits = [], []
-    for start in tqdm(range(0, len(images), batch_size), desc=desc, **progress_kwargs()):
-        batch = images[start : start + batch_size].to(device, non_blocking=True)
-        f, z = features_and_logits(model, batch, layer)
+    for x, _ in tqdm(loader, desc=desc, **progress_kwargs()):
+        f, z = features_and_logits(model, x.to(device, non_blocking=True), layer)
         features.append(f.float().cpu().numpy())
         logits.append(z.float().cpu().numpy())
     return np.concatenate(features), np.concatenate(logits)
-
-
-def uint8_to_float(images: np.ndarray) -> torch.Tensor:
-    """Stored uint8 images (N, C, H, W) as float in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)

@@ -43,9 +43,13 @@ SIMILARITY_COLUMNS = (
 )
 
 
+def inverted_group_name(source_name: str) -> str:
+    """HDF5 group of a model's activations on the inverted images of model `source_name`."""
+    return f"inverted/{source_name}"
+
+
 def inverted_group(source: ModelKey) -> str:
-    """HDF5 group of a model's activations on `source`'s inverted images."""
-    return f"inverted/{source.name}"
+    return inverted_group_name(source.name)
 
 
 def input_group(source: ModelKey | None) -> str:

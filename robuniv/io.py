@@ -79,7 +79,7 @@ def provenance(**fields: Any) -> dict[str, Any]:
     return record
 
 
-def _to_json(value: Mapping[str, Any]) -> str:
+def to_json(value: Mapping[str, Any]) -> str:
     return json.dumps(value, sort_keys=True, default=_json_default)
 
 
@@ -107,11 +107,11 @@ def write_h5(
     """
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as fh:
-            fh.attrs[PROVENANCE_ATTR] = _to_json(meta)
+            fh.attrs[PROVENANCE_ATTR] = to_json(meta)
             for group_name, arrays in groups.items():
                 group = fh.require_group(group_name) if group_name.strip("/") else fh
                 if group_meta and group_name in group_meta:
-                    group.attrs[PROVENANCE_ATTR] = _to_json(group_meta[group_name])
+                    group.attrs[PROVENANCE_ATTR] = to_json(group_meta[group_name])
                 for name, array in arrays.items():
                     group.create_dataset(name, data=np.asarray(array))
 
@@ -145,7 +145,7 @@ def write_table(path: str | Path, table: pd.DataFrame, meta: Mapping[str, Any] |
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as fh:
             if meta is not None:
-                fh.write(f"# {PROVENANCE_ATTR}: {_to_json(meta)}\n")
+                fh.write(f"# {PROVENANCE_ATTR}: {to_json(meta)}\n")
             table.to_csv(fh, sep="\t", index=False, float_format="%.10g", lineterminator="\n")
 
 

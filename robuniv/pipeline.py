@@ -16,10 +16,10 @@ import pandas as pd
 import torch
 
 from robuniv import io
-from robuniv.activations import extract, uint8_to_float
+from robuniv.activations import extract
 from robuniv.attacks import invert, to_uint8
-from robuniv.compare import REGULAR_GROUP
-from robuniv.data import DATASETS, load_labels, open_split, sample_indices
+from robuniv.compare import REGULAR_GROUP, inverted_group_name
+from robuniv.data import DATASETS, ImageArrayDataset, load_labels, open_split, sample_indices
 from robuniv.inputs import inversion_pairs, regular_inputs
 from robuniv.models import (
     ModelSpec,
@@ -211,27 +211,24 @@ def activations_stage(
     """
     model, _ = load_checkpoint(checkpoint, map_location=device)
     layer = layer_for(model.spec, layers)
-    images = open_split(dataset["name"], dataset["root"], "eval", indices=regular["index"].to_numpy())
-    sets: dict[str, tuple[torch.Tensor, np.ndarray, np.ndarray, dict[str, Any]]] = {
+    sets: dict[str, tuple[Any, np.ndarray, dict[str, Any]]] = {
         REGULAR_GROUP: (
-            images.tensors(),
-            regular["label"].to_numpy(np.int64),
+            open_split(dataset["name"], dataset["root"], "eval", indices=regular["index"].to_numpy()),
             regular["index"].to_numpy(np.int64),
             {"input_set": REGULAR_GROUP},
         )
     }
     for source, path in sorted(inverted.items()):
         stored = io.read_h5(path)
-        sets[f"inverted/{source}"] = (
-            uint8_to_float(stored["images"]),
-            stored["target_label"],
+        sets[inverted_group_name(source)] = (
+            ImageArrayDataset(stored["images"], stored["target_label"]),
             stored["target_index"],
-            {"input_set": f"inverted/{source}", "inverted_file_sha256": io.sha256_file(path)},
+            {"input_set": inverted_group_name(source), "inverted_file_sha256": io.sha256_file(path)},
         )
     groups: dict[str, dict[str, np.ndarray]] = {}
     group_meta: dict[str, dict[str, Any]] = {}
-    for group, (x, labels, indices, meta) in sets.items():
-        features, logits = extract(model, x, layer=layer, batch_size=batch_size, device=device, desc=group)
-        groups[group] = {"features": features, "logits": logits, "labels": labels, "indices": indices}
+    for group, (images, indices, meta) in sets.items():
+        features, logits = extract(model, images, layer=layer, batch_size=batch_size, device=device, desc=group)
+        groups[group] = {"features": features, "logits": logits, "labels": images.labels, "indices": indices}
         group_meta[group] = meta
     io.write_h5(output, groups, {**provenance, "layer": layer}, group_meta=group_meta)

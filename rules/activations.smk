@@ -10,14 +10,14 @@ rule extract_activations:
         "logs/" + ACTIVATIONS.removesuffix(".h5") + ".log",
     benchmark:
         "benchmarks/" + ACTIVATIONS.removesuffix(".h5") + ".tsv"
+    threads: threads_for("extract_activations")
+    resources:
+        **resources_for("extract_activations", runtime=30, mem_mb=8000),
     params:
         dataset=lambda wc: study(wc)["dataset"],
         batch_size=lambda wc: study(wc)["activations"]["batch_size"],
         layers=lambda wc: study(wc)["model"]["layers"],
         inverted=lambda wc: sorted(get_inverted_sets(wc)),
         device=config["device"],
-    threads: threads_for("extract_activations")
-    resources:
-        **resources_for("extract_activations", runtime=30, mem_mb=8000),
     script:
         "../workflow_scripts/extract_activations.py"

@@ -5,7 +5,6 @@ from snakemake.utils import validate
 from robuniv.compare import INPUT_KINDS
 from robuniv.config import check_config, format_eps, models_at, study_models, ModelKey
 
-
 validate(config, schema="schemas/config.schema.yaml")
 # Relations the schema cannot express (dataset files, k < N, ...) stop the run here,
 # before any job starts, with a message naming the bad value.
@@ -43,7 +42,9 @@ wildcard_constraints:
     eps=_alternatives(format_eps(e) for s in STUDIES.values() for e in s["eps"]),
     run=r"\d+",
     inputs=_alternatives(INPUT_KINDS),
-    measure=_alternatives(m for s in STUDIES.values() for m in s["similarity"]["measures"]),
+    measure=_alternatives(
+        m for s in STUDIES.values() for m in s["similarity"]["measures"]
+    ),
 
 
 def study(wildcards):
@@ -91,7 +92,10 @@ def get_similarity_parts(wildcards):
 
 
 def get_evaluations(wildcards):
-    return [model_path(EVALUATION, wildcards.study, m) for m in study_models(study(wildcards))]
+    return [
+        model_path(EVALUATION, wildcards.study, m)
+        for m in study_models(study(wildcards))
+    ]
 
 
 def model_params(wildcards):
@@ -140,7 +144,11 @@ def similarity_options(s, measure):
         return {"jaccard_k": options["jaccard_k"]}
     if measure == "rtd":
         rtd = options["rtd"]
-        return {"rtd_trials": rtd["trials"], "rtd_batch": rtd["batch"], "rtd_seed": rtd["seed"]}
+        return {
+            "rtd_trials": rtd["trials"],
+            "rtd_batch": rtd["batch"],
+            "rtd_seed": rtd["seed"],
+        }
     return {}
 
 

@@ -8,13 +8,13 @@ rule evaluate_model:
         "logs/" + EVALUATION.removesuffix(".tsv") + ".log",
     benchmark:
         "benchmarks/" + EVALUATION
+    threads: threads_for("evaluate_model")
+    resources:
+        **resources_for("evaluate_model", runtime=30, mem_mb=4000),
     params:
         dataset=lambda wc: study(wc)["dataset"],
         evaluate=lambda wc: study(wc)["evaluate"],
         device=config["device"],
-    threads: threads_for("evaluate_model")
-    resources:
-        **resources_for("evaluate_model", runtime=30, mem_mb=4000),
     script:
         "../workflow_scripts/evaluate_model.py"
 

@@ -31,9 +31,9 @@ for fig, fig_inputs in FIGURE_INPUTS.items():
             **figure_outputs(fig),
         log:
             f"logs/results/{{study}}/figures/{fig}.log",
+        localrule: True
         params:
             figure=fig,
             options=lambda wc, fig=fig: figure_options(study(wc), fig),
-        localrule: True
         script:
             "../workflow_scripts/plot_figure.py"

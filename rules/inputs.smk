@@ -6,9 +6,9 @@ rule sample_inputs:
         pairs=INVERSION_PAIRS,
     log:
         "logs/results/{study}/inputs/sample_inputs.log",
+    localrule: True
     params:
         dataset=lambda wc: study(wc)["dataset"],
         inputs=lambda wc: study(wc)["inputs"],
-    localrule: True
     script:
         "../workflow_scripts/sample_inputs.py"

@@ -9,13 +9,13 @@ rule invert_images:
         "logs/" + INVERTED.removesuffix(".h5") + ".log",
     benchmark:
         "benchmarks/" + INVERTED.removesuffix(".h5") + ".tsv"
+    threads: threads_for("invert_images")
+    resources:
+        **resources_for("invert_images", runtime=120, mem_mb=4000),
     params:
         dataset=lambda wc: study(wc)["dataset"],
         inversion=lambda wc: study(wc)["inversion"],
         layers=lambda wc: study(wc)["model"]["layers"],
         device=config["device"],
-    threads: threads_for("invert_images")
-    resources:
-        **resources_for("invert_images", runtime=120, mem_mb=4000),
     script:
         "../workflow_scripts/invert_images.py"

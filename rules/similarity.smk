@@ -7,14 +7,14 @@ rule compute_similarity:
         "logs/" + SIMILARITY.removesuffix(".tsv") + ".log",
     benchmark:
         "benchmarks/" + SIMILARITY
+    threads: threads_for("compute_similarity")
+    resources:
+        **resources_for("compute_similarity", runtime=60, mem_mb=8000),
     params:
         models=lambda wc: [
             [m.arch, m.eps, m.run] for m in models_at(study(wc), float(wc.eps))
         ],
         options=lambda wc: similarity_options(study(wc), wc.measure),
-    threads: threads_for("compute_similarity")
-    resources:
-        **resources_for("compute_similarity", runtime=60, mem_mb=8000),
     script:
         "../workflow_scripts/compute_similarity.py"
 

@@ -7,13 +7,13 @@ rule train_model:
         "logs/" + MODEL.removesuffix(".pt") + ".log",
     benchmark:
         "benchmarks/" + MODEL.removesuffix(".pt") + ".tsv"
+    threads: threads_for("train_model")
+    resources:
+        **resources_for("train_model", runtime=60, mem_mb=4000),
     params:
         model=model_params,
         dataset=lambda wc: study(wc)["dataset"],
         train=lambda wc: study(wc)["train"],
         device=config["device"],
-    threads: threads_for("train_model")
-    resources:
-        **resources_for("train_model", runtime=60, mem_mb=4000),
     script:
         "../workflow_scripts/train_model.py"
