@@ -7,9 +7,9 @@ rule extract_activations:
     output:
         activations=ACTIVATIONS,
     log:
-        "logs/" + ACTIVATIONS.removesuffix(".h5") + ".log",
+        "logs/results/{study}/activations/{arch}/eps{eps}/run{run}.log",
     benchmark:
-        "benchmarks/" + ACTIVATIONS.removesuffix(".h5") + ".tsv"
+        "benchmarks/results/{study}/activations/{arch}/eps{eps}/run{run}.tsv"
     threads: threads_for("extract_activations")
     resources:
         **resources_for("extract_activations", runtime=30, mem_mb=8000),

@@ -5,9 +5,9 @@ rule evaluate_model:
     output:
         table=EVALUATION,
     log:
-        "logs/" + EVALUATION.removesuffix(".tsv") + ".log",
+        "logs/results/{study}/evaluation/{arch}/eps{eps}/run{run}.log",
     benchmark:
-        "benchmarks/" + EVALUATION
+        "benchmarks/results/{study}/evaluation/{arch}/eps{eps}/run{run}.tsv"
     threads: threads_for("evaluate_model")
     resources:
         **resources_for("evaluate_model", runtime=30, mem_mb=4000),
@@ -24,7 +24,7 @@ rule tabulate_accuracy:
         get_evaluations,
     output:
         table=ACCURACY_TABLE,
-        latex=ACCURACY_TABLE.removesuffix(".tsv") + ".tex",
+        latex="results/{study}/tables/accuracy.tex",
     log:
         "logs/results/{study}/tables/accuracy.log",
     localrule: True

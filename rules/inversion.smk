@@ -6,9 +6,9 @@ rule invert_images:
     output:
         images=INVERTED,
     log:
-        "logs/" + INVERTED.removesuffix(".h5") + ".log",
+        "logs/results/{study}/inverted/{arch}/eps{eps}/run{run}.log",
     benchmark:
-        "benchmarks/" + INVERTED.removesuffix(".h5") + ".tsv"
+        "benchmarks/results/{study}/inverted/{arch}/eps{eps}/run{run}.tsv"
     threads: threads_for("invert_images")
     resources:
         **resources_for("invert_images", runtime=120, mem_mb=4000),

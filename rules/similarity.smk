@@ -4,9 +4,9 @@ rule compute_similarity:
     output:
         table=SIMILARITY,
     log:
-        "logs/" + SIMILARITY.removesuffix(".tsv") + ".log",
+        "logs/results/{study}/similarity/{inputs}/eps{eps}/{measure}.log",
     benchmark:
-        "benchmarks/" + SIMILARITY
+        "benchmarks/results/{study}/similarity/{inputs}/eps{eps}/{measure}.tsv"
     threads: threads_for("compute_similarity")
     resources:
         **resources_for("compute_similarity", runtime=60, mem_mb=8000),

@@ -3,7 +3,7 @@ rule test_spearman:
         table=SIMILARITY_TABLE,
     output:
         table=SPEARMAN_TABLE,
-        latex=SPEARMAN_TABLE.removesuffix(".tsv") + ".tex",
+        latex="results/{study}/tables/spearman.tex",
     log:
         "logs/results/{study}/tables/spearman.log",
     localrule: True

@@ -4,9 +4,9 @@ rule train_model:
     output:
         ckpt=MODEL,
     log:
-        "logs/" + MODEL.removesuffix(".pt") + ".log",
+        "logs/results/{study}/models/{arch}/eps{eps}/run{run}.log",
     benchmark:
-        "benchmarks/" + MODEL.removesuffix(".pt") + ".tsv"
+        "benchmarks/results/{study}/models/{arch}/eps{eps}/run{run}.tsv"
     threads: threads_for("train_model")
     resources:
         **resources_for("train_model", runtime=60, mem_mb=4000),
