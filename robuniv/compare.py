@@ -139,4 +139,3 @@ def similarity_table(
             }
         )
     return pd.DataFrame.from_records(records, columns=list(SIMILARITY_COLUMNS))
-

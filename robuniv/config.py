@@ -39,6 +39,12 @@ class ModelKey:
         return f"{self.arch}/run{self.run}"
 
 
+def adapt_stem_for(model: Mapping[str, Any], arch: str) -> bool | None:
+    """The study's stem choice for one architecture: one value for all, or per arch."""
+    choice = model.get("adapt_stem")
+    return choice.get(arch) if isinstance(choice, Mapping) else choice
+
+
 def study_models(study: Mapping[str, Any]) -> list[ModelKey]:
     """Every (arch, eps, run) a study trains, in config order."""
     return [
@@ -86,7 +92,10 @@ def check_study(name: str, study: Mapping[str, Any]) -> None:
             f"study {name!r}: figures.fig4.measures {sorted(missing_measures)} are not computed; "
             f"similarity.measures = {measures}"
         )
-    for key, ks in (("fig4.jaccard_k", [figures["fig4"]["jaccard_k"]]), ("fig8.jaccard_k", figures["fig8"]["jaccard_k"])):
+    for key, ks in (
+        ("fig4.jaccard_k", [figures["fig4"]["jaccard_k"]]),
+        ("fig8.jaccard_k", figures["fig8"]["jaccard_k"]),
+    ):
         missing_k = [k for k in ks if k not in study["similarity"]["jaccard_k"]]
         if missing_k:
             raise ConfigError(

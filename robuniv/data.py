@@ -230,7 +230,9 @@ class ImageArrayDataset:
         import torch
 
         if images.ndim != 4 or images.dtype != np.uint8:
-            raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {images.shape}")
+            raise ValueError(
+                f"images must be uint8 (N, C, H, W), got {images.dtype} {images.shape}"
+            )
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         self.images = torch.from_numpy(np.ascontiguousarray(images))
@@ -266,7 +268,9 @@ def open_split(
         indices = np.asarray(indices, dtype=np.int64)
         bad = indices[(indices < 0) | (indices >= len(labels))]
         if bad.size:
-            raise IndexError(f"indices {bad[:5].tolist()} outside the {split} split of {len(labels)}")
+            raise IndexError(
+                f"indices {bad[:5].tolist()} outside the {split} split of {len(labels)}"
+            )
         images, labels = images[indices], labels[indices]
     return ImageArrayDataset(images, labels, augmentation(name) if augment else None)
 
@@ -300,7 +304,7 @@ def _main(argv: list[str] | None = None) -> None:
         (fetch if args.command == "fetch" else check_root)(args.name, args.root)
     except DatasetError as err:
         raise SystemExit(f"error: {err}") from None
-    print(f"{args.name}: ok in {args.root}")  # noqa: T201 - command-line output
+    print(f"{args.name}: ok in {args.root}")
 
 
 if __name__ == "__main__":

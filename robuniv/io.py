@@ -105,15 +105,14 @@ def write_h5(
 
     Use group "" (or "/") for datasets at the root.
     """
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as fh:
-            fh.attrs[PROVENANCE_ATTR] = to_json(meta)
-            for group_name, arrays in groups.items():
-                group = fh.require_group(group_name) if group_name.strip("/") else fh
-                if group_meta and group_name in group_meta:
-                    group.attrs[PROVENANCE_ATTR] = to_json(group_meta[group_name])
-                for name, array in arrays.items():
-                    group.create_dataset(name, data=np.asarray(array))
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as fh:
+        fh.attrs[PROVENANCE_ATTR] = to_json(meta)
+        for group_name, arrays in groups.items():
+            group = fh.require_group(group_name) if group_name.strip("/") else fh
+            if group_meta and group_name in group_meta:
+                group.attrs[PROVENANCE_ATTR] = to_json(group_meta[group_name])
+            for name, array in arrays.items():
+                group.create_dataset(name, data=np.asarray(array))
 
 
 def read_h5(path: str | Path, group: str = "/") -> dict[str, np.ndarray]:
@@ -122,7 +121,7 @@ def read_h5(path: str | Path, group: str = "/") -> dict[str, np.ndarray]:
         if group not in fh:
             raise KeyError(f"{path}: no group {group!r}; groups: {list_groups(fh)}")
         node = fh[group]
-        return {name: node[name][()] for name, item in node.items() if isinstance(item, h5py.Dataset)}
+        return {name: item[()] for name, item in node.items() if isinstance(item, h5py.Dataset)}
 
 
 def read_h5_meta(path: str | Path, group: str = "/") -> dict[str, Any]:
@@ -137,16 +136,17 @@ def list_groups(fh: h5py.File) -> list[str]:
     return names
 
 
-def write_table(path: str | Path, table: pd.DataFrame, meta: Mapping[str, Any] | None = None) -> None:
+def write_table(
+    path: str | Path, table: pd.DataFrame, meta: Mapping[str, Any] | None = None
+) -> None:
     """Write a TSV atomically, provenance in one leading `# provenance: {json}` line.
 
     Provenance holds no timestamps, so the same inputs give byte-identical tables.
     """
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            if meta is not None:
-                fh.write(f"# {PROVENANCE_ATTR}: {to_json(meta)}\n")
-            table.to_csv(fh, sep="\t", index=False, float_format="%.10g", lineterminator="\n")
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        if meta is not None:
+            fh.write(f"# {PROVENANCE_ATTR}: {to_json(meta)}\n")
+        table.to_csv(fh, sep="\t", index=False, float_format="%.10g", lineterminator="\n")
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -157,7 +157,7 @@ def read_table_meta(path: str | Path) -> dict[str, Any]:
     with open(path, encoding="utf-8") as fh:
         first = fh.readline()
     prefix = f"# {PROVENANCE_ATTR}: "
-    return json.loads(first[len(prefix):]) if first.startswith(prefix) else {}
+    return json.loads(first[len(prefix) :]) if first.startswith(prefix) else {}
 
 
 def write_json(path: str | Path, value: Mapping[str, Any]) -> None:

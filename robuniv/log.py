@@ -38,4 +38,7 @@ def to_file(path: str | Path, level: int = logging.INFO) -> None:
 
 def progress_kwargs() -> dict[str, object]:
     """tqdm keyword arguments that suit a log file as well as a terminal."""
-    return {"mininterval": TQDM_MININTERVAL_S if not sys.stderr.isatty() else 0.1, "file": sys.stderr}
+    return {
+        "mininterval": TQDM_MININTERVAL_S if not sys.stderr.isatty() else 0.1,
+        "file": sys.stderr,
+    }

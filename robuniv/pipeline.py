@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from robuniv import io
 from robuniv.activations import extract
@@ -35,7 +34,9 @@ log = logging.getLogger(__name__)
 EVALUATION_COLUMNS = ("arch", "run", "eps", "params", "n", "clean_acc", "adv_acc", "attack_eps")
 
 
-def model_spec(arch: str, dataset: str, *, width: float = 1.0, adapt_stem: bool | None = None) -> ModelSpec:
+def model_spec(
+    arch: str, dataset: str, *, width: float = 1.0, adapt_stem: bool | None = None
+) -> ModelSpec:
     """The network a study trains for `arch` on `dataset`: variant and input shape from the data."""
     data = DATASETS.get(dataset)
     return ModelSpec(
@@ -77,7 +78,9 @@ def train_stage(
     seed = run_seed(train["seed"], run)
     labels = load_labels(dataset["name"], dataset["root"], "train")
     subset = sample_indices(len(labels), train["n_images"], seed=train["seed"])
-    train_set = open_split(dataset["name"], dataset["root"], "train", indices=subset, augment=True)
+    train_set = open_split(
+        dataset["name"], dataset["root"], "train", indices=subset, augment=train["augment"]
+    )
     config = TrainConfig(
         epochs=train["epochs"],
         batch_size=train["batch_size"],
@@ -94,7 +97,14 @@ def train_stage(
         channels_last=train["channels_last"],
     )
     net = build_model(spec, seed=seed)
-    log.info("training %s (%d parameters) at eps %g, run %d, on %d images", arch, count_parameters(net), eps, run, len(train_set))
+    log.info(
+        "training %s (%d parameters) at eps %g, run %d, on %d images",
+        arch,
+        count_parameters(net),
+        eps,
+        run,
+        len(train_set),
+    )
     train_model(
         net,
         train_set,
@@ -213,7 +223,9 @@ def activations_stage(
     layer = layer_for(model.spec, layers)
     sets: dict[str, tuple[Any, np.ndarray, dict[str, Any]]] = {
         REGULAR_GROUP: (
-            open_split(dataset["name"], dataset["root"], "eval", indices=regular["index"].to_numpy()),
+            open_split(
+                dataset["name"], dataset["root"], "eval", indices=regular["index"].to_numpy()
+            ),
             regular["index"].to_numpy(np.int64),
             {"input_set": REGULAR_GROUP},
         )
@@ -223,12 +235,22 @@ def activations_stage(
         sets[inverted_group_name(source)] = (
             ImageArrayDataset(stored["images"], stored["target_label"]),
             stored["target_index"],
-            {"input_set": inverted_group_name(source), "inverted_file_sha256": io.sha256_file(path)},
+            {
+                "input_set": inverted_group_name(source),
+                "inverted_file_sha256": io.sha256_file(path),
+            },
         )
     groups: dict[str, dict[str, np.ndarray]] = {}
     group_meta: dict[str, dict[str, Any]] = {}
     for group, (images, indices, meta) in sets.items():
-        features, logits = extract(model, images, layer=layer, batch_size=batch_size, device=device, desc=group)
-        groups[group] = {"features": features, "logits": logits, "labels": images.labels, "indices": indices}
+        features, logits = extract(
+            model, images, layer=layer, batch_size=batch_size, device=device, desc=group
+        )
+        groups[group] = {
+            "features": features,
+            "logits": logits,
+            "labels": images.labels,
+            "indices": indices,
+        }
         group_meta[group] = meta
     io.write_h5(output, groups, {**provenance, "layer": layer}, group_meta=group_meta)

@@ -10,8 +10,9 @@ its input kind's colour (blue for regular, orange for inverted images).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib as mpl
 import numpy as np
@@ -21,7 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from robuniv.config import format_eps
-from robuniv.io import to_json, atomic_path
+from robuniv.io import atomic_path, to_json
 from robuniv.stats import require_columns, signed_value
 
 log = logging.getLogger(__name__)
@@ -275,3 +276,32 @@ def save_figure(
         fig.savefig(tmp, format="pdf", metadata=pdf_meta)
     with atomic_path(png_path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, metadata=provenance)
+
+
+def draw_figure(
+    figure: str,
+    similarity: pd.DataFrame,
+    options: Mapping[str, Any],
+    spearman: pd.DataFrame | None = None,
+) -> Figure:
+    """One of the paper's figures by its number ("fig1", "fig3", "fig4", "fig8")."""
+    builders: dict[str, Callable[[], Figure]] = {
+        "fig1": lambda: plot_predictive(similarity, "regular"),
+        "fig3": lambda: plot_predictive(similarity, "inverted"),
+        "fig4": lambda: plot_representational(
+            similarity,
+            _required(spearman, "fig4 needs the Spearman table"),
+            measures=tuple(options["measures"]),
+            k=options["jaccard_k"],
+        ),
+        "fig8": lambda: plot_jaccard_k(similarity, ks=tuple(options["jaccard_k"])),
+    }
+    if figure not in builders:
+        raise KeyError(f"unknown figure {figure!r}; known: {', '.join(builders)}")
+    return builders[figure]()
+
+
+def _required(table: pd.DataFrame | None, message: str) -> pd.DataFrame:
+    if table is None:
+        raise ValueError(message)
+    return table

@@ -3,7 +3,14 @@ import re
 from snakemake.utils import validate
 
 from robuniv.compare import INPUT_KINDS
-from robuniv.config import check_config, format_eps, models_at, study_models, ModelKey
+from robuniv.config import (
+    adapt_stem_for,
+    check_config,
+    format_eps,
+    models_at,
+    study_models,
+    ModelKey,
+)
 
 validate(config, schema="schemas/config.schema.yaml")
 # Relations the schema cannot express (dataset files, k < N, ...) stop the run here,
@@ -101,7 +108,10 @@ def get_evaluations(wildcards):
 def model_params(wildcards):
     """Everything that defines the network: architecture, variant, width, stem, data shape."""
     s = study(wildcards)
-    return {"arch": wildcards.arch, "dataset": s["dataset"]["name"], **s["model"]}
+    return {
+        "width": s["model"]["width"],
+        "adapt_stem": adapt_stem_for(s["model"], wildcards.arch),
+    }
 
 
 def resources_for(rule_name, **defaults):

@@ -8,7 +8,9 @@ from robuniv.pipeline import sample_stage
 def main(smk) -> None:
     to_file(smk.log[0])
     regular, pairs = sample_stage(dataset=smk.params.dataset, inputs=smk.params.inputs)
-    meta = io.provenance(study=smk.wildcards.study, dataset=smk.params.dataset, inputs=smk.params.inputs)
+    meta = io.provenance(
+        study=smk.wildcards.study, dataset=smk.params.dataset, inputs=smk.params.inputs
+    )
     io.write_table(smk.output.regular, regular, meta)
     io.write_table(smk.output.pairs, pairs, meta)
 

@@ -28,7 +28,9 @@ def test_schema_names_equal_the_registries() -> None:
     assert sorted(dataset_enum["properties"]["name"]["enum"]) == DATASETS.names()
 
 
-@pytest.mark.parametrize(("eps", "text"), [(0, "0"), (0.25, "0.25"), (0.5, "0.5"), (1.0, "1"), (3, "3")])
+@pytest.mark.parametrize(
+    ("eps", "text"), [(0, "0"), (0.25, "0.25"), (0.5, "0.5"), (1.0, "1"), (3, "3")]
+)
 def test_eps_has_one_spelling(eps: float, text: str) -> None:
     assert format_eps(eps) == text
 
@@ -46,7 +48,11 @@ def validated(study: dict) -> dict:
 
 def test_schema_fills_paper_defaults(fashion_mnist_root: Path) -> None:
     study = validated(
-        {"dataset": {"name": "fashion_mnist", "root": str(fashion_mnist_root)}, "archs": ["resnet18", "vgg16"], "eps": [0, 3]}
+        {
+            "dataset": {"name": "fashion_mnist", "root": str(fashion_mnist_root)},
+            "archs": ["resnet18", "vgg16"],
+            "eps": [0, 3],
+        }
     )
     assert study["train"]["epochs"] == 90 and study["train"]["lr"] == 0.1
     assert study["inversion"]["steps"] == 1000 and study["inversion"]["batch_size"] == 64
@@ -64,17 +70,30 @@ def test_default_config_is_valid_and_consistent(fashion_mnist_root: Path) -> Non
 
 
 def test_relations_the_schema_cannot_check_are_named(fashion_mnist_root: Path) -> None:
-    base = {"dataset": {"name": "fashion_mnist", "root": str(fashion_mnist_root)}, "archs": ["resnet18", "vgg16"], "eps": [0, 1]}
+    base = {
+        "dataset": {"name": "fashion_mnist", "root": str(fashion_mnist_root)},
+        "archs": ["resnet18", "vgg16"],
+        "eps": [0, 1],
+    }
     study = validated({**base, "inputs": {"n_regular": 50, "n_inverted": 40}})
-    with pytest.raises(ConfigError, match=r"jaccard_k \[100, 500\] must be below inputs.n_inverted = 40"):
+    with pytest.raises(
+        ConfigError, match=r"jaccard_k \[100, 500\] must be below inputs.n_inverted = 40"
+    ):
         check_study("s", study)
     study = validated({**base, "similarity": {"measures": ["cka"]}})
-    with pytest.raises(ConfigError, match=r"figures.fig4.measures \['jaccard', 'procrustes_sim', 'rtd'\]"):
+    with pytest.raises(
+        ConfigError, match=r"figures.fig4.measures \['jaccard', 'procrustes_sim', 'rtd'\]"
+    ):
         check_study("s", study)
 
 
 def test_models_are_enumerated_per_eps() -> None:
     study = {"archs": ["a", "b"], "eps": [0, 0.5], "runs": [0, 1]}
     assert len(study_models(study)) == 8
-    assert models_at(study, 0.5) == [ModelKey("a", 0.5, 0), ModelKey("a", 0.5, 1), ModelKey("b", 0.5, 0), ModelKey("b", 0.5, 1)]
+    assert models_at(study, 0.5) == [
+        ModelKey("a", 0.5, 0),
+        ModelKey("a", 0.5, 1),
+        ModelKey("b", 0.5, 0),
+        ModelKey("b", 0.5, 1),
+    ]
     assert ModelKey("a", 0.5, 1).name == "a/run1"

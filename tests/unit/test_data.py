@@ -31,7 +31,9 @@ def test_fashion_mnist_is_read_as_torchvision_reads_it(fashion_mnist_root: Path)
 
 
 def test_items_are_float_images_in_unit_range_with_int_labels(fashion_mnist_root: Path) -> None:
-    ds = open_split("fashion_mnist", fashion_mnist_root, "train", indices=np.array([3, 1]), augment=True)
+    ds = open_split(
+        "fashion_mnist", fashion_mnist_root, "train", indices=np.array([3, 1]), augment=True
+    )
     x, y = ds[0]
     assert x.shape == (1, 32, 32) and str(x.dtype) == "torch.float32"
     assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0

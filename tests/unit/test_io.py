@@ -12,7 +12,10 @@ from robuniv import io
 def test_h5_round_trip_keeps_arrays_and_provenance(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     groups = {
-        "regular": {"features": rng.normal(size=(5, 3)).astype(np.float32), "indices": np.arange(5)},
+        "regular": {
+            "features": rng.normal(size=(5, 3)).astype(np.float32),
+            "indices": np.arange(5),
+        },
         "inverted/resnet18/run0": {"images": rng.integers(0, 255, (5, 1, 4, 4), dtype=np.uint8)},
     }
     meta = io.provenance(study="s", eps=0.25, checkpoint_sha256="ab" * 32)
