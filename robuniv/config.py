@@ -114,6 +114,20 @@ def check_config(studies: Mapping[str, Mapping[str, Any]]) -> None:
         check_study(name, study)
 
 
+def canonical(value: Any) -> Any:
+    """A config value with every mapping's keys sorted, recursively.
+
+    Snakemake compares rule params by their text, so two configs that differ only in
+    key order (a hand-edited file vs one written by yaml.safe_dump) would otherwise
+    rerun every job.
+    """
+    if isinstance(value, Mapping):
+        return {key: canonical(value[key]) for key in sorted(value)}
+    if isinstance(value, (list, tuple)):
+        return [canonical(item) for item in value]
+    return value
+
+
 def unique(items: Iterable[str]) -> list[str]:
     """Items in first-seen order without repeats."""
     return list(dict.fromkeys(items))

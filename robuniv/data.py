@@ -21,6 +21,8 @@ from robuniv.registry import Registry
 if TYPE_CHECKING:
     import torch
 
+    from robuniv.imagefolder import ImageFileDataset
+
 log = logging.getLogger(__name__)
 
 Split = Literal["train", "eval"]
@@ -37,7 +39,11 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """What the rest of robuniv needs to know about one dataset."""
+    """What the rest of robuniv needs to know about one dataset.
+
+    Small datasets are read whole into memory (`load_arrays`); image folders are listed
+    (`list_files`) and decoded per item. `check` looks at the root without reading images.
+    """
 
     name: str
     num_classes: int
@@ -46,9 +52,11 @@ class DatasetSpec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     model_variant: Literal["imagenet", "cifar"]
-    required_files: tuple[str, ...]
     fetch_hint: str
-    load_arrays: Callable[[Path, Split], tuple[np.ndarray, np.ndarray]]
+    required_files: tuple[str, ...] = ()
+    load_arrays: Callable[[Path, Split], tuple[np.ndarray, np.ndarray]] | None = None
+    list_files: Callable[[Path, Split], tuple[list[Path], np.ndarray]] | None = None
+    check: Callable[[Path], None] | None = None
     fetch: Callable[[Path], None] | None = None
 
 
@@ -128,10 +136,26 @@ DATASETS.register(
 
 
 def _cifar10_arrays(root: Path, split: Split) -> tuple[np.ndarray, np.ndarray]:
-    from torchvision.datasets import CIFAR10
+    """torchvision's CIFAR-10 layout (python pickle batches), read without its checksum test.
 
-    ds = CIFAR10(str(root), train=split == "train", download=False)
-    return np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)), np.asarray(ds.targets, np.int64)
+    torchvision's own reader rejects copies written locally (their md5 differs), and the
+    batch files are plain pickles of numpy arrays, so they are read directly.
+    """
+    import pickle
+
+    folder = root / "cifar-10-batches-py"
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    images, labels = [], []
+    for name in names:
+        with open(folder / name, "rb") as fh:
+            batch = pickle.load(fh, encoding="latin1")
+        try:
+            data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            labels.append(np.asarray(batch["labels"], dtype=np.int64))
+        except (KeyError, ValueError) as err:
+            raise DatasetError(f"{folder / name} is not a CIFAR-10 batch: {err}") from None
+        images.append(data)
+    return np.concatenate(images), np.concatenate(labels)
 
 
 def _fetch_cifar10(root: Path) -> None:
@@ -162,6 +186,59 @@ DATASETS.register(
 )
 
 
+# --- ImageNet1k and ImageNet100, read in place (robuniv.imagefolder) ---------------
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_IMAGENET_HINT = (
+    "ILSVRC2012 cannot be downloaded automatically (it needs a licence): point dataset.root at "
+    "a copy with train/<wnid>/ folders and val/ in class folders or flat with "
+    "LOC_val_solution.csv or val_labels.txt in the root"
+)
+
+
+def _imagenet_subset(name: str) -> list[str] | None:
+    from robuniv.imagefolder import imagenet100_wnids
+
+    return imagenet100_wnids() if name == "imagenet100" else None
+
+
+def _imagenet_check(name: str, num_classes: int) -> Callable[[Path], None]:
+    def check(root: Path) -> None:
+        from robuniv.imagefolder import check_imagenet_root
+
+        check_imagenet_root(root, wnids=_imagenet_subset(name), num_classes=num_classes)
+
+    return check
+
+
+def _imagenet_list(name: str) -> Callable[[Path, Split], tuple[list[Path], np.ndarray]]:
+    def list_files(root: Path, split: Split) -> tuple[list[Path], np.ndarray]:
+        from robuniv.imagefolder import imagenet_files
+
+        return imagenet_files(root, split, wnids=_imagenet_subset(name))
+
+    return list_files
+
+
+for _name, _classes in (("imagenet1k", 1000), ("imagenet100", 100)):
+    DATASETS.register(
+        _name,
+        DatasetSpec(
+            name=_name,
+            num_classes=_classes,
+            in_channels=3,
+            image_size=224,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            model_variant="imagenet",
+            fetch_hint=_IMAGENET_HINT,
+            list_files=_imagenet_list(_name),
+            check=_imagenet_check(_name, _classes),
+        ),
+    )
+
+
 # --- checking, fetching, reading ----------------------------------------------
 
 
@@ -170,9 +247,10 @@ def check_root(name: str, root: str | Path) -> None:
     spec = DATASETS.get(name)
     root = Path(root)
     if not root.is_dir():
+        expected = ", ".join(spec.required_files) or "the dataset"
         raise DatasetError(
             f"dataset {name!r}: root {str(root)!r} does not exist; expected a folder holding "
-            f"{', '.join(spec.required_files)}. To get it: {spec.fetch_hint}"
+            f"{expected}. To get it: {spec.fetch_hint}"
         )
     missing = [f for f in spec.required_files if not (root / f).is_file()]
     if missing:
@@ -180,6 +258,8 @@ def check_root(name: str, root: str | Path) -> None:
             f"dataset {name!r}: root {str(root)!r} lacks {', '.join(missing)}. "
             f"To get it: {spec.fetch_hint}"
         )
+    if spec.check is not None:
+        spec.check(root)
 
 
 def fetch(name: str, root: str | Path) -> None:
@@ -199,8 +279,11 @@ def fetch(name: str, root: str | Path) -> None:
 
 
 def load_labels(name: str, root: str | Path, split: Split) -> np.ndarray:
-    """Labels of a split in file order, as int64."""
-    return DATASETS.get(name).load_arrays(Path(root), split)[1]
+    """Labels of a split in file order, as int64 (no image is decoded)."""
+    spec = DATASETS.get(name)
+    if spec.load_arrays is not None:
+        return spec.load_arrays(Path(root), split)[1]
+    return spec.list_files(Path(root), split)[1]
 
 
 def augmentation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -260,10 +343,16 @@ def open_split(
     *,
     indices: np.ndarray | None = None,
     augment: bool = False,
-) -> ImageArrayDataset:
-    """Read a split (optionally a subset of rows, in the given order) into memory."""
+) -> ImageArrayDataset | ImageFileDataset:
+    """A split (optionally a subset of rows, in the given order) as a dataset of
+    (float image in [0, 1], label). Arrays are held in memory; image folders are read
+    in place, resized and cropped for evaluation or augmented for training."""
     check_root(name, root)
-    images, labels = DATASETS.get(name).load_arrays(Path(root), split)
+    spec = DATASETS.get(name)
+    if spec.load_arrays is not None:
+        images, labels = spec.load_arrays(Path(root), split)
+    else:
+        images, labels = spec.list_files(Path(root), split)
     if indices is not None:
         indices = np.asarray(indices, dtype=np.int64)
         bad = indices[(indices < 0) | (indices >= len(labels))]
@@ -271,8 +360,19 @@ def open_split(
             raise IndexError(
                 f"indices {bad[:5].tolist()} outside the {split} split of {len(labels)}"
             )
-        images, labels = images[indices], labels[indices]
-    return ImageArrayDataset(images, labels, augmentation(name) if augment else None)
+        labels = labels[indices]
+        images = images[indices] if spec.load_arrays is not None else [images[i] for i in indices]
+    if spec.load_arrays is not None:
+        return ImageArrayDataset(images, labels, augmentation(name) if augment else None)
+    from robuniv.imagefolder import (
+        ImageFileDataset,
+        imagenet_eval_transform,
+        imagenet_train_transform,
+    )
+
+    size = spec.image_size
+    transform = imagenet_train_transform(size) if augment else imagenet_eval_transform(size)
+    return ImageFileDataset(images, labels, transform)
 
 
 def sample_indices(num_items: int, n: int | None, seed: int) -> np.ndarray:

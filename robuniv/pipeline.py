@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from robuniv import io
 from robuniv.activations import extract
@@ -162,6 +163,15 @@ def sample_stage(
     return regular, pairs
 
 
+# Inversion pairs decoded and inverted at a time: a multiple of every usual batch size.
+INVERSION_CHUNK = 1024
+
+
+def stack_images(dataset: Any, rows: range) -> torch.Tensor:
+    """Images `rows` of a dataset of (image, label) as one (N, C, H, W) tensor."""
+    return torch.stack([dataset[i][0] for i in rows])
+
+
 def invert_stage(
     *,
     checkpoint: str | Path,
@@ -177,27 +187,35 @@ def invert_stage(
     model, _ = load_checkpoint(checkpoint, map_location=device)
     layer = layer_for(model.spec, layers)
     name, root = dataset["name"], dataset["root"]
-    seeds = open_split(name, root, "eval", indices=pairs["seed"].to_numpy()).tensors()
-    targets = open_split(name, root, "eval", indices=pairs["target"].to_numpy()).tensors()
-    result = invert(
-        model,
-        seeds,
-        targets,
-        layer=layer,
-        steps=inversion["steps"],
-        step_size=inversion["step_size"],
-        momentum=inversion["momentum"],
-        batch_size=inversion["batch_size"],
-        device=device,
-    )
-    log.info("inversion loss: median %.4f, max %.4f", np.median(result.loss), result.loss.max())
+    seeds = open_split(name, root, "eval", indices=pairs["seed"].to_numpy())
+    targets = open_split(name, root, "eval", indices=pairs["target"].to_numpy())
+    # Chunks bound the memory of decoded images (10,000 ImageNet pairs are 12 GB as float);
+    # inversion is per sample, so chunking does not change any result.
+    images, losses = [], []
+    for start in range(0, len(pairs), INVERSION_CHUNK):
+        rows = range(start, min(start + INVERSION_CHUNK, len(pairs)))
+        result = invert(
+            model,
+            stack_images(seeds, rows),
+            stack_images(targets, rows),
+            layer=layer,
+            steps=inversion["steps"],
+            step_size=inversion["step_size"],
+            momentum=inversion["momentum"],
+            batch_size=inversion["batch_size"],
+            device=device,
+        )
+        images.append(to_uint8(result.images))
+        losses.append(result.loss)
+    result_loss = np.concatenate(losses)
+    log.info("inversion loss: median %.4f, max %.4f", np.median(result_loss), result_loss.max())
     arrays = {
-        "images": to_uint8(result.images),
+        "images": np.concatenate(images),
         "target_index": pairs["target"].to_numpy(np.int64),
         "seed_index": pairs["seed"].to_numpy(np.int64),
         "target_label": pairs["target_label"].to_numpy(np.int64),
         "seed_label": pairs["seed_label"].to_numpy(np.int64),
-        "loss": result.loss,
+        "loss": result_loss,
     }
     io.write_h5(output, {"/": arrays}, {**provenance, "layer": layer})
 

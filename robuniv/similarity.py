@@ -356,12 +356,12 @@ class Measure:
 
     name: str
     fn: Callable[..., float]
-    kind: MeasureKind
-    larger_is_more_similar: bool
-    invariances: frozenset[str]
-    stochastic: bool
     pair_fn: Callable[[_Pair, Options], float]
-    most_similar: float
+    kind: MeasureKind = "representational"
+    larger_is_more_similar: bool = True
+    invariances: frozenset[str] = INVARIANCES
+    stochastic: bool = False
+    most_similar: float = 1.0
     per_k: bool = False
     rows_needed: Callable[[Options], tuple[int, str]] | None = None
 
@@ -543,42 +543,22 @@ for _measure in (
         name="cka",
         fn=cka,
         pair_fn=_cka_pair,
-        kind="representational",
-        invariances=INVARIANCES,
-        stochastic=False,
-        larger_is_more_similar=True,
-        most_similar=1.0,
     ),
     Measure(
         name="cka_unbiased",
         fn=cka_unbiased,
         pair_fn=_cka_unbiased_pair,
-        kind="representational",
-        invariances=INVARIANCES,
-        stochastic=False,
-        larger_is_more_similar=True,
-        most_similar=1.0,
         rows_needed=_unbiased_needs,
     ),
     Measure(
         name="procrustes_sim",
         fn=procrustes_sim,
         pair_fn=_procrustes_pair,
-        kind="representational",
-        invariances=INVARIANCES,
-        stochastic=False,
-        larger_is_more_similar=True,
-        most_similar=1.0,
     ),
     Measure(
         name="jaccard",
         fn=jaccard,
         pair_fn=_jaccard_pair,
-        kind="representational",
-        invariances=INVARIANCES,
-        stochastic=False,
-        larger_is_more_similar=True,
-        most_similar=1.0,
         per_k=True,
         rows_needed=_jaccard_needs,
     ),
@@ -587,8 +567,6 @@ for _measure in (
         name="rtd",
         fn=rtd,
         pair_fn=_rtd_pair,
-        kind="representational",
-        invariances=INVARIANCES,
         stochastic=True,
         larger_is_more_similar=False,
         most_similar=0.0,
@@ -601,9 +579,6 @@ for _measure in (
         pair_fn=_agreement_pair,
         kind="predictive",
         invariances=frozenset({"isotropic_scaling"}),
-        stochastic=False,
-        larger_is_more_similar=True,
-        most_similar=1.0,
     ),
     Measure(
         name="jsd_sim",
@@ -611,9 +586,6 @@ for _measure in (
         pair_fn=_jsd_pair,
         kind="predictive",
         invariances=frozenset(),
-        stochastic=False,
-        larger_is_more_similar=True,
-        most_similar=1.0,
     ),
 ):
     MEASURES.register(_measure.name, _measure)

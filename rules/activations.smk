@@ -14,9 +14,9 @@ rule extract_activations:
     resources:
         **resources_for("extract_activations", runtime=30, mem_mb=8000),
     params:
-        dataset=lambda wc: study(wc)["dataset"],
-        batch_size=lambda wc: study(wc)["activations"]["batch_size"],
-        layers=lambda wc: study(wc)["model"]["layers"],
+        dataset=lambda wc: canonical(study(wc)["dataset"]),
+        batch_size=lambda wc: canonical(study(wc)["activations"]["batch_size"]),
+        layers=lambda wc: canonical(study(wc)["model"]["layers"]),
         inverted=lambda wc: sorted(get_inverted_sets(wc)),
         device=config["device"],
     script:

@@ -5,6 +5,7 @@ from snakemake.utils import validate
 from robuniv.compare import INPUT_KINDS
 from robuniv.config import (
     adapt_stem_for,
+    canonical,
     check_config,
     format_eps,
     models_at,

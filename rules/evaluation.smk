@@ -12,8 +12,8 @@ rule evaluate_model:
     resources:
         **resources_for("evaluate_model", runtime=30, mem_mb=4000),
     params:
-        dataset=lambda wc: study(wc)["dataset"],
-        evaluate=lambda wc: study(wc)["evaluate"],
+        dataset=lambda wc: canonical(study(wc)["dataset"]),
+        evaluate=lambda wc: canonical(study(wc)["evaluate"]),
         device=config["device"],
     script:
         "../workflow_scripts/evaluate_model.py"

@@ -34,6 +34,6 @@ for fig, fig_inputs in FIGURE_INPUTS.items():
         localrule: True
         params:
             figure=fig,
-            options=lambda wc, fig=fig: figure_options(study(wc), fig),
+            options=lambda wc, fig=fig: canonical(figure_options(study(wc), fig)),
         script:
             "../workflow_scripts/plot_figure.py"

@@ -8,7 +8,7 @@ rule sample_inputs:
         "logs/results/{study}/inputs/sample_inputs.log",
     localrule: True
     params:
-        dataset=lambda wc: study(wc)["dataset"],
-        inputs=lambda wc: study(wc)["inputs"],
+        dataset=lambda wc: canonical(study(wc)["dataset"]),
+        inputs=lambda wc: canonical(study(wc)["inputs"]),
     script:
         "../workflow_scripts/sample_inputs.py"

@@ -13,9 +13,9 @@ rule invert_images:
     resources:
         **resources_for("invert_images", runtime=120, mem_mb=4000),
     params:
-        dataset=lambda wc: study(wc)["dataset"],
-        inversion=lambda wc: study(wc)["inversion"],
-        layers=lambda wc: study(wc)["model"]["layers"],
+        dataset=lambda wc: canonical(study(wc)["dataset"]),
+        inversion=lambda wc: canonical(study(wc)["inversion"]),
+        layers=lambda wc: canonical(study(wc)["model"]["layers"]),
         device=config["device"],
     script:
         "../workflow_scripts/invert_images.py"

@@ -14,7 +14,7 @@ rule compute_similarity:
         models=lambda wc: [
             [m.arch, m.eps, m.run] for m in models_at(study(wc), float(wc.eps))
         ],
-        options=lambda wc: similarity_options(study(wc), wc.measure),
+        options=lambda wc: canonical(similarity_options(study(wc), wc.measure)),
     script:
         "../workflow_scripts/compute_similarity.py"
 

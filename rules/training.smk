@@ -12,8 +12,8 @@ rule train_model:
         **resources_for("train_model", runtime=60, mem_mb=4000),
     params:
         model=model_params,
-        dataset=lambda wc: study(wc)["dataset"],
-        train=lambda wc: study(wc)["train"],
+        dataset=lambda wc: canonical(study(wc)["dataset"]),
+        train=lambda wc: canonical(study(wc)["train"]),
         device=config["device"],
     script:
         "../workflow_scripts/train_model.py"
