@@ -25,22 +25,17 @@ from dataclasses import dataclass
 from http.client import HTTPResponse
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from tqdm import tqdm
 
 from robuniv.config import format_eps
 from robuniv.io import atomic_path, sha256_file
 from robuniv.log import progress_kwargs
-from robuniv.models import (
-    ModelSpec,
-    RobustModel,
-    build_model,
-    save_checkpoint,
-    split_robustness_state,
-)
 from robuniv.registry import Registry
+
+if TYPE_CHECKING:
+    from robuniv.models import RobustModel
 
 log = logging.getLogger(__name__)
 
@@ -274,6 +269,11 @@ def import_robustness_checkpoint(
     clash = sorted(set(extra) & set(_IMPORT_KEYS))
     if clash:
         raise ValueError(f"extra must not contain {clash}: the import writes those keys")
+    # torch and the models load only here: the workflow reads the source table at DAG time.
+    import torch
+
+    from robuniv.models import ModelSpec, build_model, save_checkpoint, split_robustness_state
+
     spec = ModelSpec(arch, num_classes)
     sidecar = src.with_name(src.name + ".sha256")
     first_use = False

@@ -7,6 +7,7 @@ module checks what a schema cannot: relations between values and files on disk.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -46,18 +47,45 @@ def adapt_stem_for(model: Mapping[str, Any], arch: str) -> bool | None:
 
 
 def study_models(study: Mapping[str, Any]) -> list[ModelKey]:
-    """Every (arch, eps, run) a study trains, in config order."""
+    """Every (arch, eps, run) of a study, in config order.
+
+    `eps_per_arch` restricts an architecture to some of the study's eps (e.g. models
+    released only at eps 0 and 3).
+    """
+    only = study.get("eps_per_arch", {})
     return [
         ModelKey(arch, float(eps), int(run))
         for eps in study["eps"]
         for arch in study["archs"]
+        if arch not in only or any(math.isclose(float(eps), float(e)) for e in only[arch])
         for run in study.get("runs", [0])
     ]
+
+
+def is_imported(study: Mapping[str, Any], model: ModelKey) -> bool:
+    """Whether a model's checkpoint is imported (its source has it) rather than trained."""
+    source = study.get("checkpoints", {}).get("source", "none")
+    if source == "none" or model.run != 0:
+        return False
+    from robuniv.checkpoints import CHECKPOINT_SOURCES, source_key
+
+    return source_key(model.arch, model.eps) in CHECKPOINT_SOURCES
 
 
 def models_at(study: Mapping[str, Any], eps: float) -> list[ModelKey]:
     """The models compared with each other at one eps."""
     return [m for m in study_models(study) if math.isclose(m.eps, float(eps))]
+
+
+def expand_root(name: str, study: dict[str, Any]) -> None:
+    """Expand `~` and `$VARS` in a study's dataset root (cluster configs name $IMAGENET_ROOT)."""
+    root = os.path.expanduser(os.path.expandvars(study["dataset"]["root"]))
+    if "$" in root:
+        raise ConfigError(
+            f"study {name!r}: dataset.root {study['dataset']['root']!r} names an environment "
+            "variable that is not set"
+        )
+    study["dataset"]["root"] = root
 
 
 def check_study(name: str, study: Mapping[str, Any]) -> None:
@@ -102,6 +130,18 @@ def check_study(name: str, study: Mapping[str, Any]) -> None:
                 f"study {name!r}: figures.{key} {missing_k} not in similarity.jaccard_k "
                 f"{study['similarity']['jaccard_k']}"
             )
+    for arch, eps_list in study["eps_per_arch"].items():
+        extra = [e for e in eps_list if not any(math.isclose(e, s) for s in study["eps"])]
+        if arch not in study["archs"] or extra:
+            raise ConfigError(
+                f"study {name!r}: eps_per_arch.{arch} = {eps_list} must name an arch of archs "
+                f"{study['archs']} and eps of eps {study['eps']}"
+            )
+    if study["checkpoints"]["source"] != "none" and study["dataset"]["name"] != "imagenet1k":
+        raise ConfigError(
+            f"study {name!r}: checkpoints.source {study['checkpoints']['source']!r} holds "
+            f"ImageNet1k models, the study's dataset is {study['dataset']['name']!r}"
+        )
     unknown_layers = set(study["model"]["layers"]) - set(study["archs"])
     if unknown_layers:
         raise ConfigError(
@@ -109,8 +149,9 @@ def check_study(name: str, study: Mapping[str, Any]) -> None:
         )
 
 
-def check_config(studies: Mapping[str, Mapping[str, Any]]) -> None:
+def check_config(studies: Mapping[str, dict[str, Any]]) -> None:
     for name, study in studies.items():
+        expand_root(name, study)
         check_study(name, study)
 
 

@@ -1,7 +1,7 @@
 rule extract_activations:
     input:
         unpack(get_inverted_sets),
-        ckpt=MODEL,
+        ckpt=get_checkpoint,
         regular=REGULAR_INPUTS,
         data=get_dataset_files,
     output:

@@ -8,6 +8,7 @@ from robuniv.config import (
     canonical,
     check_config,
     format_eps,
+    is_imported,
     models_at,
     study_models,
     ModelKey,
@@ -22,6 +23,7 @@ STUDIES = config["studies"]
 
 # Path templates: stage first, then keys from coarse to fine (STYLE.md section 5).
 MODEL = "results/{study}/models/{arch}/eps{eps}/run{run}.pt"
+IMPORTED = "results/{study}/models/{arch}/eps{eps}/imported.pt"
 EVALUATION = "results/{study}/evaluation/{arch}/eps{eps}/run{run}.tsv"
 REGULAR_INPUTS = "results/{study}/inputs/regular.tsv"
 INVERSION_PAIRS = "results/{study}/inputs/inversion_pairs.tsv"
@@ -67,6 +69,34 @@ def model_path(template, study_name, model):
 
 def model_key(wildcards):
     return ModelKey(wildcards.arch, float(wildcards.eps), int(wildcards.run))
+
+
+def _checkpoint_files():
+    from robuniv.checkpoints import CHECKPOINT_SOURCES
+
+    sources = (CHECKPOINT_SOURCES.get(key) for key in CHECKPOINT_SOURCES.names())
+    return {source.file: source for source in sources}
+
+
+CHECKPOINT_FILES = _checkpoint_files()
+
+
+def get_checkpoint(wildcards):
+    """The trained checkpoint of a model, or its imported one where the study imports it."""
+    model = model_key(wildcards)
+    template = IMPORTED if is_imported(study(wildcards), model) else MODEL
+    return model_path(template, wildcards.study, model)
+
+
+def checkpoint_source(wildcards):
+    from robuniv.checkpoints import source_for
+
+    return source_for(wildcards.arch, float(wildcards.eps))
+
+
+def get_source_file(wildcards):
+    folder = study(wildcards)["checkpoints"]["folder"]
+    return f"{folder}/{checkpoint_source(wildcards).file}"
 
 
 def get_dataset_files(wildcards):

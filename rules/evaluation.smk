@@ -1,6 +1,6 @@
 rule evaluate_model:
     input:
-        ckpt=MODEL,
+        ckpt=get_checkpoint,
         data=get_dataset_files,
     output:
         table=EVALUATION,

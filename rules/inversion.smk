@@ -1,6 +1,6 @@
 rule invert_images:
     input:
-        ckpt=MODEL,
+        ckpt=get_checkpoint,
         pairs=INVERSION_PAIRS,
         data=get_dataset_files,
     output:

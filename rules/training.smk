@@ -17,3 +17,37 @@ rule train_model:
         device=config["device"],
     script:
         "../workflow_scripts/train_model.py"
+
+
+# Released checkpoints (SPEC section 1): downloaded once, hash-checked, converted.
+rule download_checkpoint:
+    output:
+        "{folder}/{file}",
+    log:
+        "logs/{folder}/{file}.log",
+    wildcard_constraints:
+        file="|".join(re.escape(f) for f in CHECKPOINT_FILES),
+    retries: 3
+    localrule: True
+    params:
+        url=lambda wc: CHECKPOINT_FILES[wc.file].url,
+        sha256=lambda wc: CHECKPOINT_FILES[wc.file].sha256,
+    script:
+        "../workflow_scripts/download_checkpoint.py"
+
+
+rule import_checkpoint:
+    input:
+        source=get_source_file,
+    output:
+        ckpt=IMPORTED,
+    log:
+        "logs/results/{study}/models/{arch}/eps{eps}/imported.log",
+    threads: threads_for("import_checkpoint")
+    resources:
+        **resources_for("import_checkpoint", runtime=30, mem_mb=6000),
+    params:
+        sha256=lambda wc: checkpoint_source(wc).sha256,
+        trust_on_first_use=lambda wc: study(wc)["checkpoints"]["trust_on_first_use"],
+    script:
+        "../workflow_scripts/import_checkpoint.py"

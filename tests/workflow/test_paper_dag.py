@@ -1,0 +1,104 @@
+"""The paper's configs build their whole DAG (dry run) from well-formed dataset roots."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from robuniv.imagefolder import imagenet100_wnids
+
+REPO = Path(__file__).resolve().parents[2]
+EXPERIMENTS = REPO / "experiments"
+
+pytestmark = pytest.mark.workflow
+
+
+def test_paper_config_is_the_three_studies() -> None:
+    paper = yaml.safe_load((EXPERIMENTS / "paper.yaml").read_text())
+    for name in ("imagenet1k", "imagenet100", "cifar10"):
+        single = yaml.safe_load((EXPERIMENTS / f"{name}.yaml").read_text())
+        assert paper["studies"][name] == single["studies"][name]
+        assert paper["resources"] == single["resources"]
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An ImageNet root with 1000 class folders (the 100 ImageNet100 wnids among them) and a
+    flat val with its label file, and a CIFAR-10 root: the layouts only, one image each.
+    A dry run lists files and never decodes them."""
+    work = tmp_path_factory.mktemp("paper")
+    wnids = sorted(set(imagenet100_wnids()) | {f"n{99_000_000 + i:08d}" for i in range(900)})
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (8, 8, 3), dtype=np.uint8))
+    root = work / "imagenet"
+    (root / "val").mkdir(parents=True)
+    lines = []
+    for i, wnid in enumerate(wnids):
+        (root / "train" / wnid).mkdir(parents=True)
+        image.save(root / "train" / wnid / "a.JPEG")
+        name = f"ILSVRC2012_val_{i + 1:08d}.JPEG"
+        image.save(root / "val" / name)
+        lines.append(f"{name} {wnid}")
+    (root / "val_labels.txt").write_text("\n".join(lines) + "\n")
+    cifar = work / "resources" / "cifar10" / "cifar-10-batches-py"
+    cifar.mkdir(parents=True)
+    batch = {"data": np.zeros((10, 3072), np.uint8), "labels": list(range(10))}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:
+        with open(cifar / name, "wb") as fh:
+            pickle.dump(batch, fh)
+    return work
+
+
+def dry_run(work: Path, config: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--snakefile", str(REPO / "Snakefile")]
+        + ["--directory", str(work), "--configfile", str(EXPERIMENTS / config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "IMAGENET_ROOT": str(work / "imagenet")},
+    )
+
+
+def job_counts(output: str) -> dict[str, int]:
+    counts = {}
+    for line in output.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def test_paper_dag_lists_every_job(roots: Path) -> None:
+    result = dry_run(roots, "paper.yaml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    counts = job_counts(result.stdout + result.stderr)
+    # ImageNet1k: 26 released models imported, vgg16_bn at 0.25/0.5/1 trained;
+    # ImageNet100: 4 archs x 5 eps; CIFAR-10: 7 archs x 4 eps.
+    assert counts["import_checkpoint"] == 26 and counts["download_checkpoint"] == 26
+    assert counts["train_model"] == 3 + 20 + 28
+    assert counts["evaluate_model"] == counts["invert_images"] == 29 + 20 + 28
+    assert counts["plot_fig4"] == 3
+
+
+def test_unset_imagenet_root_is_named(roots: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "IMAGENET_ROOT"}
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--snakefile", str(REPO / "Snakefile")]
+        + ["--directory", str(roots), "--configfile", str(EXPERIMENTS / "imagenet1k.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
+    )
+    assert result.returncode != 0
+    assert "$IMAGENET_ROOT" in result.stdout + result.stderr
