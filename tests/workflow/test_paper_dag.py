@@ -56,7 +56,11 @@ def roots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return work
 
 
-def dry_run(work: Path, config: str) -> subprocess.CompletedProcess:
+def dry_run(
+    work: Path, config: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    if env is None:
+        env = {**os.environ, "IMAGENET_ROOT": str(work / "imagenet")}
     return subprocess.run(
         [sys.executable, "-m", "snakemake", "-n", "--snakefile", str(REPO / "Snakefile")]
         + ["--directory", str(work), "--configfile", str(EXPERIMENTS / config)],
@@ -64,7 +68,7 @@ def dry_run(work: Path, config: str) -> subprocess.CompletedProcess:
         text=True,
         timeout=120,
         check=False,
-        env={**os.environ, "IMAGENET_ROOT": str(work / "imagenet")},
+        env=env,
     )
 
 
@@ -91,14 +95,6 @@ def test_paper_dag_lists_every_job(roots: Path) -> None:
 
 def test_unset_imagenet_root_is_named(roots: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "IMAGENET_ROOT"}
-    result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "--snakefile", str(REPO / "Snakefile")]
-        + ["--directory", str(roots), "--configfile", str(EXPERIMENTS / "imagenet1k.yaml")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env=env,
-    )
+    result = dry_run(roots, "imagenet1k.yaml", env)
     assert result.returncode != 0
     assert "$IMAGENET_ROOT" in result.stdout + result.stderr

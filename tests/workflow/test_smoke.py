@@ -22,24 +22,16 @@ STUDY = "smoke"
 pytestmark = pytest.mark.workflow
 
 
+def command(workdir: Path, config: Path, *args: str) -> list[str]:
+    snakefile = ["--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir)]
+    return [sys.executable, "-m", "snakemake", *snakefile, "--configfile", str(config), *args]
+
+
 def snakemake(
     workdir: Path, config: Path, *args: str, check: bool = True
 ) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(config),
-        "--cores",
-        "2",
-        *args,
-    ]
     env = {**os.environ, "PYTHONHASHSEED": "0"}
+    cmd = command(workdir, config, "--cores", "2", *args)
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, check=False)
     if check and result.returncode != 0:
         raise AssertionError(
@@ -65,19 +57,7 @@ def write_config(path: Path, data_root: Path, **changes: object) -> Path:
 def planned_jobs(workdir: Path, config: Path, *targets: str) -> dict[str, int]:
     """Rule -> job count of a dry run (what Snakemake would run now)."""
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "--snakefile",
-            str(REPO / "Snakefile"),
-            "--directory",
-            str(workdir),
-            "--configfile",
-            str(config),
-            "-n",
-            *targets,
-        ],
+        command(workdir, config, "-n", *targets),
         capture_output=True,
         text=True,
         timeout=300,
