@@ -3,12 +3,17 @@
 Training is deterministic on CPU for a given seed and resumable after any epoch: the state
 written after every epoch (weights, optimizer, schedule, RNG states, history) lets a
 restarted job finish with exactly the weights of an uninterrupted one.
+
+Under torchrun (WORLD_SIZE > 1) `train_model` trains data-parallel: each rank sees its
+share of every global batch through a DistributedSampler and the SGD step goes through
+DistributedDataParallel; rank 0 alone writes the resume state and the final checkpoint.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,8 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from robuniv.attacks import pgd_l2_with_logits
@@ -139,6 +147,11 @@ def _restore(
     return list(meta["history"])
 
 
+def _world_size() -> int:
+    """Number of processes torchrun started (1 outside torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def _train_epoch(
     model: RobustModel,
     loader: DataLoader,
@@ -147,16 +160,22 @@ def _train_epoch(
     config: TrainConfig,
     device: torch.device,
     epoch: int,
+    step_module: nn.Module | None = None,
 ) -> dict[str, float]:
-    """One pass over the data; returns the epoch's history entry."""
+    """One pass over the data; returns the epoch's history entry.
+
+    `step_module` (default `model`) computes the logits trained on, e.g. a
+    DistributedDataParallel wrapper of `model`, whose ranks then sum the metrics; the attack
+    always runs on `model`.
+    """
+    step_module = model if step_module is None else step_module
     memory_format = torch.channels_last if config.channels_last else torch.preserve_format
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     lr = optimizer.param_groups[0]["lr"]
-    # loss sum, clean correct, adversarial correct: summed on the device, read once
-    totals = torch.zeros(3, dtype=torch.float64, device=device)
-    n = 0
+    # loss sum, clean correct, adversarial correct, images: summed on the device, read once
+    totals = torch.zeros(4, dtype=torch.float64, device=device)
     start = time.perf_counter()
-    model.train()
+    step_module.train()
     for x, y in tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", **progress_kwargs()):
         x = x.to(device, non_blocking=True, memory_format=memory_format)
         y = y.to(device, non_blocking=True)
@@ -173,8 +192,8 @@ def _train_epoch(
                     steps=config.attack_steps,
                     step_size=config.attack_step_size,
                 )
-                model.train()
-            logits = model(x)
+                step_module.train()
+            logits = step_module(x)
             loss = F.cross_entropy(logits, y)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -183,9 +202,11 @@ def _train_epoch(
         with torch.no_grad():
             correct = logits.argmax(1) == y
             clean_correct = clean_logits.argmax(1) == y if config.eps > 0 else correct
-            totals += torch.stack([loss * len(y), clean_correct.sum(), correct.sum()]).double()
-        n += len(y)
-    loss_sum, clean, adv = totals.tolist()
+            totals[:3] += torch.stack([loss * len(y), clean_correct.sum(), correct.sum()]).double()
+            totals[3] += len(y)
+    if isinstance(step_module, DistributedDataParallel):
+        dist.all_reduce(totals)
+    loss_sum, clean, adv, n = totals.tolist()
     return {
         "epoch": epoch,
         "lr": lr,
@@ -216,6 +237,15 @@ def train_model(
     its metadata, and `resume_state` is deleted. On CPU the result depends only on the seed,
     the initial model and the data, not on interruptions.
 
+    Launched by torchrun with WORLD_SIZE > 1, it joins (or initialises: nccl on CUDA, gloo on
+    CPU) the default process group, trains on `cuda:LOCAL_RANK` when `device` is CUDA, and
+    splits each global batch of `config.batch_size` images evenly over the ranks (a
+    DistributedSampler seeded with `config.seed` shuffles). Every rank uses the same global
+    RNG seed and returns the same history (metrics summed over the ranks); only rank 0
+    writes `resume_state` and `checkpoint` (the unwrapped model, as in a single process),
+    the others wait at a barrier. A process group it initialised itself is destroyed at
+    the end.
+
     Parameters
     ----------
     model : RobustModel
@@ -241,7 +271,45 @@ def train_model(
     clash = sorted(set(extra) & set(_OWN_EXTRA_KEYS))
     if clash:
         raise ValueError(f"extra must not contain {clash}: train_model writes those keys")
+    world_size = _world_size()
+    if world_size > 1 and config.batch_size % world_size:
+        raise ValueError(
+            f"batch_size {config.batch_size} is the global batch and must be divisible by "
+            f"the world size {world_size}"
+        )
     dev = torch.device(device)
+    own_group = False
+    if world_size > 1:
+        if dev.type == "cuda":
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(dev)
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+            own_group = True
+        if dist.get_world_size() != world_size:
+            raise ValueError(
+                f"the process group has {dist.get_world_size()} ranks, WORLD_SIZE says {world_size}"
+            )
+    try:
+        return _train(model, train_set, config, checkpoint, resume_state, dev, extra, world_size)
+    finally:
+        if own_group:
+            dist.destroy_process_group()
+
+
+def _train(
+    model: RobustModel,
+    train_set: Dataset,
+    config: TrainConfig,
+    checkpoint: Path,
+    resume_state: Path,
+    dev: torch.device,
+    extra: dict[str, Any],
+    world_size: int,
+) -> list[dict]:
+    """`train_model` after the checks and the process group set-up."""
+    distributed = world_size > 1
+    rank = dist.get_rank() if distributed else 0
     model.to(dev)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -255,15 +323,36 @@ def train_model(
     generator = torch.Generator().manual_seed(config.seed)
     # No persistent workers: a restarted job re-seeds its workers from the loader's generator
     # at every epoch, exactly as the uninterrupted job does.
-    loader = _loader(
-        train_set,
-        config.batch_size,
-        device=dev,
-        num_workers=config.num_workers,
-        shuffle=True,
-        drop_last=False,
-        generator=generator,
-    )
+    sampler: DistributedSampler | None = None
+    step_module: nn.Module = model
+    if distributed:
+        # Each rank draws its share of a seeded permutation that changes with set_epoch; the
+        # loader's generator then only seeds workers.
+        sampler = DistributedSampler(
+            train_set, num_replicas=world_size, rank=rank, shuffle=True, seed=config.seed
+        )
+        loader = _loader(
+            train_set,
+            config.batch_size // world_size,
+            device=dev,
+            num_workers=config.num_workers,
+            sampler=sampler,
+            drop_last=False,
+            generator=generator,
+        )
+        step_module = DistributedDataParallel(
+            model, device_ids=[dev.index] if dev.type == "cuda" else None
+        )
+    else:
+        loader = _loader(
+            train_set,
+            config.batch_size,
+            device=dev,
+            num_workers=config.num_workers,
+            shuffle=True,
+            drop_last=False,
+            generator=generator,
+        )
     train_config = dataclasses.asdict(config)
     rng_devices = (
         []
@@ -279,8 +368,14 @@ def train_model(
                 resume_state, model, optimizer, schedule, scaler, generator, config, dev
             )
             log.info("resumed from %s after epoch %d", resume_state, len(history))
+        if distributed:  # every rank has read resume_state before rank 0 replaces it
+            dist.barrier()
         for epoch in range(len(history) + 1, config.epochs + 1):
-            entry = _train_epoch(model, loader, optimizer, scaler, config, dev, epoch)
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+            entry = _train_epoch(
+                model, loader, optimizer, scaler, config, dev, epoch, step_module=step_module
+            )
             schedule.step()
             history.append(entry)
             log.info(
@@ -293,28 +388,52 @@ def train_model(
                 entry["images_per_s"],
                 entry["lr"],
             )
-            save_checkpoint(
-                resume_state,
-                model,
-                epoch=epoch,
-                optimizer=optimizer.state_dict(),
-                schedule=schedule.state_dict(),
-                extra={
-                    **extra,
-                    "train_config": train_config,
-                    "history": history,
-                    "rng": _rng_state(generator, dev),
-                    "scaler": scaler.state_dict(),
-                },
-            )
-    save_checkpoint(
-        checkpoint,
-        model,
-        epoch=config.epochs,
-        extra={**extra, "train_config": train_config, "history": history},
-    )
-    resume_state.unlink()
+            if rank == 0:
+                _save_resume_state(
+                    resume_state,
+                    model,
+                    optimizer,
+                    schedule,
+                    scaler,
+                    generator,
+                    dev,
+                    epoch,
+                    {**extra, "train_config": train_config, "history": history},
+                )
+            if distributed:
+                dist.barrier()
+    if rank == 0:
+        save_checkpoint(
+            checkpoint,
+            model,
+            epoch=config.epochs,
+            extra={**extra, "train_config": train_config, "history": history},
+        )
+        resume_state.unlink()
+    if distributed:
+        dist.barrier()
     return history
+
+
+def _save_resume_state(
+    path: Path,
+    model: RobustModel,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    generator: torch.Generator,
+    dev: torch.device,
+    epoch: int,
+    extra: dict[str, Any],
+) -> None:
+    save_checkpoint(
+        path,
+        model,
+        epoch=epoch,
+        optimizer=optimizer.state_dict(),
+        schedule=schedule.state_dict(),
+        extra={**extra, "rng": _rng_state(generator, dev), "scaler": scaler.state_dict()},
+    )
 
 
 def evaluate_model(
