@@ -331,10 +331,6 @@ class ImageArrayDataset:
             x = self.transform(x)
         return x, int(self.labels[index])
 
-    def tensors(self) -> torch.Tensor:
-        """All images as float in [0, 1] (no augmentation)."""
-        return self.images.float().div_(255.0)
-
 
 def open_split(
     name: str,

@@ -7,7 +7,7 @@ a notebook or another workflow manager.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -167,7 +167,7 @@ def sample_stage(
 INVERSION_CHUNK = 1024
 
 
-def stack_images(dataset: Any, rows: range) -> torch.Tensor:
+def stack_images(dataset: Any, rows: Iterable[int]) -> torch.Tensor:
     """Images `rows` of a dataset of (image, label) as one (N, C, H, W) tensor."""
     return torch.stack([dataset[i][0] for i in rows])
 
@@ -187,17 +187,18 @@ def invert_stage(
     model, _ = load_checkpoint(checkpoint, map_location=device)
     layer = layer_for(model.spec, layers)
     name, root = dataset["name"], dataset["root"]
-    seeds = open_split(name, root, "eval", indices=pairs["seed"].to_numpy())
-    targets = open_split(name, root, "eval", indices=pairs["target"].to_numpy())
+    # One read of the split serves seeds and targets alike.
+    split = open_split(name, root, "eval")
+    seed_rows, target_rows = pairs["seed"].to_numpy(), pairs["target"].to_numpy()
     # Chunks bound the memory of decoded images (10,000 ImageNet pairs are 12 GB as float);
     # inversion is per sample, so chunking does not change any result.
     images, losses = [], []
     for start in range(0, len(pairs), INVERSION_CHUNK):
-        rows = range(start, min(start + INVERSION_CHUNK, len(pairs)))
+        rows = slice(start, start + INVERSION_CHUNK)
         result = invert(
             model,
-            stack_images(seeds, rows),
-            stack_images(targets, rows),
+            stack_images(split, seed_rows[rows]),
+            stack_images(split, target_rows[rows]),
             layer=layer,
             steps=inversion["steps"],
             step_size=inversion["step_size"],

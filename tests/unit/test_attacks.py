@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from robuniv.attacks import L2Step, invert, pgd_l2, pgd_l2_with_logits, to_uint8
 from robuniv.data import DATASETS, open_split, sample_indices
 from robuniv.models import ModelSpec, RobustModel, build_model, default_layer, features_and_logits
+from robuniv.pipeline import stack_images
 from robuniv.train import TrainConfig, train_model
 
 FMNIST = DATASETS.get("fashion_mnist")
@@ -50,7 +51,11 @@ def trained(
     test_set = open_split(
         "fashion_mnist", fashion_mnist_root, "eval", indices=sample_indices(10000, 32, seed=1)
     )
-    return model.eval(), test_set.tensors(), torch.as_tensor(test_set.labels)
+    return (
+        model.eval(),
+        stack_images(test_set, range(len(test_set))),
+        torch.as_tensor(test_set.labels),
+    )
 
 
 @pytest.mark.parametrize("eps", [0.1, 1.0, 20.0])
