@@ -7,6 +7,7 @@ a notebook or another workflow manager.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -113,7 +114,12 @@ def train_stage(
         checkpoint=Path(checkpoint),
         resume_state=Path(f"{checkpoint}.resume"),
         device=device,
-        extra={"provenance": dict(provenance), "train_subset_size": len(subset)},
+        extra={
+            "provenance": dict(provenance),
+            "train_subset_size": len(subset),
+            # torchrun's rank count: data-parallel BatchNorm statistics differ from one process's.
+            "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+        },
     )
 
 

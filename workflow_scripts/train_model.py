@@ -1,4 +1,4 @@
-"""Adversarially train one model (rule train_model)."""
+"""Adversarially train one model (rule train_model); data-parallel through torchrun if asked."""
 
 from robuniv import io
 from robuniv.log import to_file
@@ -6,23 +6,34 @@ from robuniv.log import to_file
 
 def main(smk) -> None:
     to_file(smk.log[0])
+    stage = {
+        "arch": smk.wildcards.arch,
+        "eps": float(smk.wildcards.eps),
+        "run": int(smk.wildcards.run),
+        "model": dict(smk.params.model),
+        "dataset": dict(smk.params.dataset),
+        "train": dict(smk.params.train),
+        "checkpoint": smk.output.ckpt,
+        "provenance": io.provenance(
+            study=smk.wildcards.study, model=smk.params.model, train=smk.params.train
+        ),
+    }
+    nproc = smk.params.train["nproc_per_node"]
+    if nproc > 1:
+        from robuniv.launch import launch_train
+
+        launch_train(
+            stage,
+            nproc_per_node=nproc,
+            threads=smk.threads,
+            device=smk.params.device,
+            log_file=smk.log[0],
+        )
+        return
     from robuniv.pipeline import train_stage
     from robuniv.runtime import setup_torch
 
-    device = setup_torch(smk.threads, smk.params.device)
-    train_stage(
-        arch=smk.wildcards.arch,
-        eps=float(smk.wildcards.eps),
-        run=int(smk.wildcards.run),
-        model=smk.params.model,
-        dataset=smk.params.dataset,
-        train=smk.params.train,
-        checkpoint=smk.output.ckpt,
-        device=device,
-        provenance=io.provenance(
-            study=smk.wildcards.study, model=smk.params.model, train=smk.params.train
-        ),
-    )
+    train_stage(**stage, device=setup_torch(smk.threads, smk.params.device))
 
 
 if __name__ == "__main__":
