@@ -139,18 +139,26 @@ def list_groups(fh: h5py.File) -> list[str]:
 def write_table(
     path: str | Path, table: pd.DataFrame, meta: Mapping[str, Any] | None = None
 ) -> None:
-    """Write a TSV atomically, provenance in one leading `# provenance: {json}` line.
+    """Write a table atomically, provenance in one leading `# provenance: {json}` line.
 
-    Provenance holds no timestamps, so the same inputs give byte-identical tables.
+    Tab-separated, or comma-separated where `path` ends in ".csv". Provenance holds no
+    timestamps, so the same inputs give byte-identical tables.
     """
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         if meta is not None:
             fh.write(f"# {PROVENANCE_ATTR}: {to_json(meta)}\n")
-        table.to_csv(fh, sep="\t", index=False, float_format="%.10g", lineterminator="\n")
+        table.to_csv(
+            fh, sep=_separator(path), index=False, float_format="%.10g", lineterminator="\n"
+        )
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
-    return pd.read_csv(path, sep="\t", comment="#")
+    """A table written by `write_table` (its provenance line skipped)."""
+    return pd.read_csv(path, sep=_separator(path), comment="#")
+
+
+def _separator(path: str | Path) -> str:
+    return "," if str(path).endswith(".csv") else "\t"
 
 
 def read_table_meta(path: str | Path) -> dict[str, Any]:

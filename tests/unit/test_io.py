@@ -59,3 +59,13 @@ def test_table_round_trip_with_provenance_line(tmp_path: Path) -> None:
     first = path.read_bytes()
     io.write_table(path, table, {"study": "s"})
     assert path.read_bytes() == first
+
+
+def test_csv_tables_are_comma_separated_and_read_back(tmp_path: Path) -> None:
+    table = pd.DataFrame({"measure": ["cka", "rtd"], "p": [0.5, 1e-4]})
+    path = tmp_path / "t.csv"
+    io.write_table(path, table, {"study": "s"})
+    lines = path.read_text().splitlines()
+    assert lines[0].startswith("# provenance: ")
+    assert lines[1:] == ["measure,p", "cka,0.5", "rtd,0.0001"]
+    pd.testing.assert_frame_equal(io.read_table(path), table)

@@ -5,9 +5,21 @@ import logging
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.stats import spearmanr
+from scipy.stats import permutation_test, spearmanr
 
-from robuniv.stats import accuracy_table, signed_value, spearman_by_group, to_latex
+from robuniv.config import ModelKey
+from robuniv.stats import (
+    SUBSET_REQUIRED,
+    accuracy_table,
+    agreement_bounds,
+    bounds_table,
+    paired_permutation_test,
+    permutation_table,
+    signed_value,
+    spearman_by_group,
+    spearman_table,
+    to_latex,
+)
 
 
 def similarity_frame(seed: int = 0) -> pd.DataFrame:
@@ -150,3 +162,151 @@ def test_to_latex_writes_small_p_values_in_scientific_notation() -> None:
     lines = to_latex(table, "c", "l").splitlines()
     row = lines[lines.index("\\midrule") + 1]
     assert row == "cka & 0.531 & $1.23 \\times 10^{-7}$ & 12 \\\\"
+
+
+# --- pair kinds, permutation test, agreement bounds (issue: the rest of the analyses) -------
+
+
+def test_spearman_table_separates_the_same_architecture_baseline() -> None:
+    rows = []
+    for eps in (0.0, 0.5, 1.0, 2.0):
+        rows.append(("resnet18", 0, "vgg16", 0, eps, 0.2 + 0.1 * eps))
+        rows.append(("resnet18", 0, "resnet18", 1, eps, 0.9 - 0.01 * eps))
+    sim = pd.DataFrame(rows, columns=["model_a", "run_a", "model_b", "run_b", "eps", "value"])
+    sim = sim.assign(study="s", inputs="inverted", measure="cka", k=-1)
+    table = spearman_table(sim).set_index("pairs")
+    assert table.loc["cross_arch", "rho"] == pytest.approx(1.0)
+    assert table.loc["same_arch", "rho"] == pytest.approx(-1.0)
+    expected = spearmanr(sim["eps"][::2], sim["value"][::2])
+    assert table.loc["cross_arch", "p"] == pytest.approx(expected.pvalue)
+
+
+def test_permutation_test_is_repeatable_with_its_seed() -> None:
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=40), rng.normal(size=40) + 0.2
+    first = paired_permutation_test(x, y, resamples=999, seed=3)
+    assert first == paired_permutation_test(x, y, resamples=999, seed=3)
+    others = {paired_permutation_test(x, y, resamples=999, seed=s).p for s in range(4, 9)}
+    assert len(others | {first.p}) > 1
+    assert not first.exact and first.resamples == 999
+
+
+def test_permutation_test_rejects_a_planted_difference_and_accepts_equal_samples() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=20)
+    planted = paired_permutation_test(base + 0.5 + 0.1 * rng.normal(size=20), base, seed=0)
+    assert planted.p < 0.001 and planted.statistic > 0.4
+    equal = [
+        paired_permutation_test(rng.normal(size=20), rng.normal(size=20), seed=s).p
+        for s in range(20)
+    ]
+    # Exchangeable samples: p is roughly uniform, rarely below 0.05.
+    assert np.mean(np.array(equal) < 0.05) <= 0.2 and np.median(equal) > 0.2
+    same = paired_permutation_test(base, base, seed=0)
+    assert same.p == 1.0
+
+
+def test_permutation_test_matches_scipy() -> None:
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=10), rng.normal(size=10) + 0.6
+    # 2**10 sign patterns: both enumerate exactly.
+    ours = paired_permutation_test(x, y, resamples=9999)
+    theirs = permutation_test(
+        (x, y),
+        lambda a, b, axis: np.mean(a - b, axis=axis),
+        permutation_type="samples",
+        alternative="two-sided",
+        n_resamples=9999,
+    )
+    assert ours.exact and ours.p == pytest.approx(theirs.pvalue, rel=1e-9)
+    x, y = rng.normal(size=25), rng.normal(size=25) + 0.3
+    ours = paired_permutation_test(x, y, resamples=9999, seed=0)
+    theirs = permutation_test(
+        (x, y),
+        lambda a, b, axis: np.mean(a - b, axis=axis),
+        permutation_type="samples",
+        alternative="two-sided",
+        n_resamples=9999,
+        rng=np.random.default_rng(0),
+    )
+    # Monte Carlo on both sides: within a few standard errors of each other.
+    assert abs(ours.p - theirs.pvalue) < 4 * np.sqrt(ours.p * (1 - ours.p) / 9999) + 1e-3
+
+
+def test_permutation_test_names_bad_input() -> None:
+    with pytest.raises(ValueError, match="non-zero length"):
+        paired_permutation_test([], [])
+    with pytest.raises(ValueError, match="non-finite values at positions \\[1\\]"):
+        paired_permutation_test([1.0, np.nan], [0.0, 0.0])
+
+
+def test_permutation_table_pairs_agree_with_disagree_per_model_pair() -> None:
+    rows = []
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        for subset, shift in (("agree", 0.3), ("disagree", 0.0)):
+            for measure, sign in (("cka", 1), ("rtd", -1)):
+                value = sign * (0.5 + shift + 0.05 * rng.normal())
+                rows.append(("s", 1.0, f"a{i}", 0, "b", 0, measure, -1, subset, 50, value))
+    subsets = pd.DataFrame(rows, columns=[*SUBSET_REQUIRED[:-2], "subset", "n_rows", "value"])
+    table = permutation_table(subsets, resamples=999, seed=0).set_index("measure")
+    assert (table["n_pairs"] == 12).all() and (table["p"] < 0.01).all()
+    # RTD is a distance: -RTD is larger on agreeing inputs, as CKA is.
+    assert table.loc["rtd", "mean_difference"] == pytest.approx(0.3, abs=0.05)
+    assert table.equals(permutation_table(subsets, resamples=999, seed=0).set_index("measure"))
+    with pytest.raises(ValueError, match="'both'"):
+        permutation_table(subsets.assign(subset="both"))
+
+
+def test_agreement_bounds_formulas() -> None:
+    b = agreement_bounds(0.9, 0.7, 10)
+    assert b["hard_lower"] == pytest.approx(0.6)
+    assert b["hard_upper"] == pytest.approx(0.8)
+    assert b["independent"] == pytest.approx(0.7 * 0.9 + 0.3 * 0.1 / 9)
+    assert b["correlated"] == pytest.approx(1 - 9 * 0.2 / (10 * 0.9 - 1))
+    # Equal accuracies: a model may agree with itself entirely.
+    assert agreement_bounds(0.8, 0.8, 2)["hard_upper"] == 1.0
+    assert agreement_bounds(0.2, 0.3, 2)["hard_lower"] == 0.0
+    with pytest.raises(ValueError, match="acc_b must lie in \\[0, 1\\]"):
+        agreement_bounds(0.5, 1.2, 10)
+    with pytest.raises(ValueError, match="n_classes"):
+        agreement_bounds(0.5, 0.5, 1)
+
+
+def _classifier(
+    labels: np.ndarray, accuracy: float, rng: np.random.Generator, c: int
+) -> np.ndarray:
+    """Predictions right on a random `accuracy` share of inputs, uniformly wrong elsewhere."""
+    wrong = rng.random(labels.size) >= accuracy
+    shift = rng.integers(1, c, size=labels.size)
+    return np.where(wrong, (labels + shift) % c, labels)
+
+
+def test_bounds_hold_for_synthetic_predictions_with_known_accuracies() -> None:
+    rng = np.random.default_rng(0)
+    c, n = 10, 20000
+    labels = rng.integers(0, c, size=n)
+    a = _classifier(labels, 0.9, rng, c)
+    b = _classifier(labels, 0.6, rng, c)  # errors independent of a's
+    same = a.copy()
+    predictions = {
+        ModelKey("x", 1.0, 0): (a, labels),
+        ModelKey("y", 1.0, 0): (b, labels),
+        ModelKey("x", 1.0, 1): (same, labels),
+        ModelKey("z", 0.0, 0): (b, labels),  # another eps: never paired with the others
+    }
+    table = bounds_table(predictions, study="s")
+    assert len(table) == 3 and set(table["eps"]) == {1.0}
+    assert (table["hard_lower"] <= table["agreement"]).all()
+    assert (table["agreement"] <= table["hard_upper"]).all()
+    xy = table[(table["model_a"] == "x") & (table["model_b"] == "y")].iloc[0]
+    assert xy["acc_a"] == pytest.approx(0.9, abs=0.01) and xy["acc_b"] == pytest.approx(
+        0.6, abs=0.01
+    )
+    assert xy["agreement"] == pytest.approx(xy["independent"], abs=0.01)
+    xx = table[(table["model_a"] == "x") & (table["model_b"] == "x")].iloc[0]
+    assert xx["agreement"] == 1.0 == xx["hard_upper"]
+    with pytest.raises(ValueError, match="labels of"):
+        bounds_table(
+            {ModelKey("x", 0, 0): (a, labels), ModelKey("y", 0, 0): (b, labels[::-1])}, study="s"
+        )
