@@ -23,6 +23,7 @@ include: "rules/training.smk"
 include: "rules/evaluation.smk"
 include: "rules/inversion.smk"
 include: "rules/activations.smk"
+include: "rules/probes.smk"
 include: "rules/similarity.smk"
 include: "rules/stats.smk"
 include: "rules/figures.smk"
@@ -35,31 +36,14 @@ rule all:
     localrule: True
 
 
+# One figure by name: `snakemake fig5` (rules in rules/figures.smk).
 rule figures:
     input:
         [get_figure(fig) for fig in FIGURES],
     localrule: True
 
 
-rule fig1:
+rule tables:
     input:
-        get_figure("fig1"),
-    localrule: True
-
-
-rule fig3:
-    input:
-        get_figure("fig3"),
-    localrule: True
-
-
-rule fig4:
-    input:
-        get_figure("fig4"),
-    localrule: True
-
-
-rule fig8:
-    input:
-        get_figure("fig8"),
+        get_tables,
     localrule: True

@@ -147,6 +147,51 @@ def check_study(name: str, study: Mapping[str, Any]) -> None:
         raise ConfigError(
             f"study {name!r}: model.layers names {sorted(unknown_layers)}, not in archs {study['archs']}"
         )
+    _check_analyses(name, study)
+
+
+def extreme_eps(study: Mapping[str, Any]) -> list[float]:
+    """The study's lowest and highest eps (one value if it has one): Figs 2, 5 and 6 compare them."""
+    return sorted({min(map(float, study["eps"])), max(map(float, study["eps"]))})
+
+
+def extreme_models(study: Mapping[str, Any]) -> list[ModelKey]:
+    """Models at the lowest and highest eps (the probed models of Fig 6)."""
+    return [m for eps in extreme_eps(study) for m in models_at(study, eps)]
+
+
+def fig2_models(study: Mapping[str, Any]) -> list[ModelKey]:
+    """Fig 2's inverting models: the chosen architectures (default: the first two), first run,
+    at the lowest and highest eps."""
+    archs = study["figures"]["fig2"]["archs"] or study["archs"][:2]
+    run = study.get("runs", [0])[0]
+    models = set(study_models(study))
+    return [
+        ModelKey(arch, eps, run)
+        for arch in archs
+        for eps in extreme_eps(study)
+        if ModelKey(arch, eps, run) in models
+    ]
+
+
+def _check_analyses(name: str, study: Mapping[str, Any]) -> None:
+    """Figs 2, 5 and 6 need models at the extreme eps and subsets large enough to measure."""
+    fig2 = study["figures"]["fig2"]["archs"]
+    if fig2 is not None and set(fig2) - set(study["archs"]):
+        raise ConfigError(
+            f"study {name!r}: figures.fig2.archs {sorted(set(fig2) - set(study['archs']))} "
+            f"are not in archs {study['archs']}"
+        )
+    if not fig2_models(study):
+        raise ConfigError(
+            f"study {name!r}: no model of figures.fig2.archs exists at eps {extreme_eps(study)}"
+        )
+    n_train = study["probes"]["n_train"]
+    if n_train is not None and round(n_train * study["probes"]["val_fraction"]) < 1:
+        raise ConfigError(
+            f"study {name!r}: probes.val_fraction {study['probes']['val_fraction']} of "
+            f"probes.n_train {n_train} holds back no image to choose the best epoch"
+        )
 
 
 def check_config(studies: Mapping[str, dict[str, Any]]) -> None:

@@ -58,6 +58,8 @@ class DatasetSpec:
     list_files: Callable[[Path, Split], tuple[list[Path], np.ndarray]] | None = None
     check: Callable[[Path], None] | None = None
     fetch: Callable[[Path], None] | None = None
+    # Names by label, for figures (empty: figures print "class <label>").
+    class_names: tuple[str, ...] = ()
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
@@ -128,6 +130,18 @@ DATASETS.register(
         ),
         load_arrays=_fashion_mnist_arrays,
         fetch=_fetch_fashion_mnist,
+        class_names=(
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
+        ),
     ),
 )
 
@@ -175,6 +189,18 @@ DATASETS.register(
         mean=(0.4914, 0.4822, 0.4465),
         std=(0.2023, 0.1994, 0.2010),
         model_variant="cifar",
+        class_names=(
+            "airplane",
+            "automobile",
+            "bird",
+            "cat",
+            "deer",
+            "dog",
+            "frog",
+            "horse",
+            "ship",
+            "truck",
+        ),
         required_files=tuple(
             f"cifar-10-batches-py/{n}"
             for n in ["batches.meta", "test_batch"] + [f"data_batch_{i}" for i in range(1, 6)]

@@ -227,6 +227,38 @@ def invert_stage(
     io.write_h5(output, {"/": arrays}, {**provenance, "layer": layer})
 
 
+def inversion_examples(
+    inverted: Mapping[str, str | Path], *, dataset: Mapping[str, Any], n_show: int
+) -> dict[str, Any]:
+    """Fig 2's images: the first `n_show` seed/target pairs and their inverted versions.
+
+    `inverted` maps a row label (e.g. "resnet18, eps 0") to an inverted-image file; all
+    must hold the same pairs (the study's one pair list). Returns uint8 (N, C, H, W)
+    arrays "seeds", "targets", "inverted" (label -> array) and the pairs' labels.
+    """
+    if not inverted:
+        raise ValueError("no inverted-image files given")
+    stored = {label: io.read_h5(path) for label, path in inverted.items()}
+    first_label, first = next(iter(stored.items()))
+    for label, arrays in stored.items():
+        for key in ("seed_index", "target_index"):
+            if not np.array_equal(arrays[key], first[key]):
+                raise ValueError(
+                    f"{inverted[label]}: its {key} differs from {inverted[first_label]}'s; "
+                    "inverted sets of one study share one pair list"
+                )
+    n = min(int(n_show), len(first["seed_index"]))
+    split = open_split(dataset["name"], dataset["root"], "eval")
+    return {
+        "seeds": to_uint8(stack_images(split, first["seed_index"][:n])),
+        "targets": to_uint8(stack_images(split, first["target_index"][:n])),
+        "inverted": {label: arrays["images"][:n] for label, arrays in stored.items()},
+        "seed_labels": first["seed_label"][:n],
+        "target_labels": first["target_label"][:n],
+        "class_names": DATASETS.get(dataset["name"]).class_names or None,
+    }
+
+
 def activations_stage(
     *,
     checkpoint: str | Path,
@@ -279,3 +311,73 @@ def activations_stage(
         }
         group_meta[group] = meta
     io.write_h5(output, groups, {**provenance, "layer": layer}, group_meta=group_meta)
+
+
+PROBE_TRAIN_GROUP = "train"
+
+
+def probe_features_stage(
+    *,
+    checkpoint: str | Path,
+    dataset: Mapping[str, Any],
+    n_train: int | None,
+    seed: int,
+    batch_size: int,
+    layers: Mapping[str, str],
+    device: str,
+    output: str | Path,
+    provenance: Mapping[str, Any],
+) -> None:
+    """Penultimate features of a seeded training-split sample, once per model (Fig 6).
+
+    Every model of a study sees the same rows (the sample depends on the seed only).
+    """
+    model, _ = load_checkpoint(checkpoint, map_location=device)
+    layer = layer_for(model.spec, layers)
+    name, root = dataset["name"], dataset["root"]
+    rows = sample_indices(len(load_labels(name, root, "train")), n_train, seed=seed)
+    split = open_split(name, root, "train", indices=rows)
+    features, _ = extract(
+        model, split, layer=layer, batch_size=batch_size, device=device, desc="train split"
+    )
+    arrays = {"features": features, "labels": split.labels, "indices": rows}
+    io.write_h5(output, {PROBE_TRAIN_GROUP: arrays}, {**provenance, "layer": layer})
+
+
+def train_probe_stage(
+    *,
+    features_file: str | Path,
+    activations_file: str | Path,
+    probe: Mapping[str, Any],
+    device: str,
+    output: str | Path,
+    provenance: Mapping[str, Any],
+) -> None:
+    """Train one model's probe; store it with its and the classifier's held-out logits.
+
+    Held-out inputs are the study's regular images, whose features and logits the
+    activations stage already extracted.
+    """
+    from robuniv.probes import ProbeConfig, probe_arrays, train_probe
+
+    config = ProbeConfig.from_mapping(probe)
+    train = io.read_h5(features_file, PROBE_TRAIN_GROUP)
+    heldout = io.read_h5(activations_file, REGULAR_GROUP)
+    n_classes = heldout["logits"].shape[1]
+    result = train_probe(
+        train["features"], train["labels"], config, n_classes=n_classes, device=device
+    )
+    arrays = {
+        **probe_arrays(result),
+        "probe_logits": result.logits(heldout["features"]),
+        "classifier_logits": heldout["logits"],
+        "labels": heldout["labels"],
+        "indices": heldout["indices"],
+    }
+    meta = {
+        **provenance,
+        "best_epoch": result.best_epoch,
+        "features_sha256": io.sha256_file(features_file),
+        "activations_sha256": io.sha256_file(activations_file),
+    }
+    io.write_h5(output, {"/": arrays}, meta)

@@ -370,7 +370,8 @@ def agreement_bounds(
     classifiers; Fort et al. (2019) expect a a* + (1-a)(1-a*)/(C-1) when errors are
     independent (spread uniformly over the C - 1 wrong classes), and
     1 - (C-1)(a* - a)/(C a* - 1) when the weaker model is the stronger one up to flipping
-    noise. Inputs are swapped as needed so that a <= a*; arrays broadcast.
+    noise (NaN where the weaker model is below chance, 1/C: no flipping noise gives that).
+    Inputs are swapped as needed so that a <= a*; arrays broadcast.
     """
     a1, a2 = np.asarray(acc_a, dtype=float), np.asarray(acc_b, dtype=float)
     for name, acc in (("acc_a", a1), ("acc_b", a2)):
@@ -382,6 +383,9 @@ def agreement_bounds(
     low, high = np.minimum(a1, a2), np.maximum(a1, a2)
     with np.errstate(divide="ignore", invalid="ignore"):
         correlated = 1 - (c - 1) * (high - low) / (c * high - 1)
+    # Flipping noise keeps a share p = (C a - 1) / (C a* - 1) of the stronger model's answers
+    # and guesses elsewhere: it needs p >= 0, i.e. the weaker model at or above chance.
+    correlated = np.where((low >= 1 / c) & (c * high > 1), correlated, np.nan)
     return {
         "hard_lower": np.maximum(0.0, low + high - 1),
         "hard_upper": 1 - (high - low),

@@ -7,6 +7,9 @@ from robuniv.config import (
     adapt_stem_for,
     canonical,
     check_config,
+    extreme_eps,
+    extreme_models,
+    fig2_models,
     format_eps,
     is_imported,
     models_at,
@@ -32,12 +35,23 @@ ACTIVATIONS = "results/{study}/activations/{arch}/eps{eps}/run{run}.h5"
 SIMILARITY = "results/{study}/similarity/{inputs}/eps{eps}/{measure}.tsv"
 SIMILARITY_TABLE = "results/{study}/tables/similarity.tsv"
 ACCURACY_TABLE = "results/{study}/tables/accuracy.tsv"
-SPEARMAN_TABLE = "results/{study}/tables/spearman.tsv"
+AGREEMENT_SUBSETS = "results/{study}/similarity/agreement_subsets/eps{eps}.tsv"
+PROBE_FEATURES = "results/{study}/probes/features/{arch}/eps{eps}/run{run}.h5"
+PROBE = "results/{study}/probes/{arch}/eps{eps}/run{run}.h5"
+SPEARMAN_TABLE = "results/{study}/tables/spearman.csv"
+SUBSETS_TABLE = "results/{study}/tables/agreement_subsets.tsv"
+PERMUTATION_TABLE = "results/{study}/tables/permutation.csv"
+BOUNDS_TABLE = "results/{study}/tables/agreement_bounds.tsv"
+PROBE_TABLE = "results/{study}/tables/probes.tsv"
 FIGURE = "results/{study}/figures/{name}.{ext}"
 FIGURES = {
     "fig1": "fig1_predictive_regular",
+    "fig2": "fig2_inversions",
     "fig3": "fig3_predictive_inverted",
     "fig4": "fig4_representational",
+    "fig5": "fig5_agreement_subsets",
+    "fig6": "fig6_probes",
+    "fig7": "fig7_agreement_bounds",
     "fig8": "fig8_jaccard_k",
 }
 
@@ -118,6 +132,34 @@ def get_eps_activations(wildcards):
     return [model_path(ACTIVATIONS, wildcards.study, m) for m in models]
 
 
+def get_study_activations(wildcards):
+    models = study_models(study(wildcards))
+    return [model_path(ACTIVATIONS, wildcards.study, m) for m in models]
+
+
+def get_subset_parts(wildcards):
+    eps = [format_eps(e) for e in extreme_eps(study(wildcards))]
+    return expand(AGREEMENT_SUBSETS, study=wildcards.study, eps=eps)
+
+
+def get_probes(wildcards):
+    models = extreme_models(study(wildcards))
+    return [model_path(PROBE, wildcards.study, m) for m in models]
+
+
+def get_fig2_inverted(wildcards):
+    """Fig 2's inverted sets, named by what the figure's rows say."""
+    return {
+        f"{m.arch}, eps {format_eps(m.eps)}": model_path(INVERTED, wildcards.study, m)
+        for m in fig2_models(study(wildcards))
+    }
+
+
+def model_list(models):
+    """ModelKeys as plain [arch, eps, run] lists: params Snakemake can store and compare."""
+    return [[m.arch, m.eps, m.run] for m in models]
+
+
 def get_similarity_parts(wildcards):
     s = study(wildcards)
     return expand(
@@ -166,8 +208,36 @@ def get_final_output(wildcards=None):
     for name in STUDIES:
         outputs.append(ACCURACY_TABLE.format(study=name))
         outputs.append(SPEARMAN_TABLE.format(study=name))
+        outputs.append(PERMUTATION_TABLE.format(study=name))
         outputs += expand(FIGURE, study=name, name=FIGURES.values(), ext=["pdf", "png"])
     return outputs
+
+
+def figure_outputs(fig):
+    name = FIGURES[fig]
+    return {
+        "pdf": FIGURE.format(study="{study}", name=name, ext="pdf"),
+        "png": report(
+            FIGURE.format(study="{study}", name=name, ext="png"),
+            caption=f"../report/{fig}.rst",
+            category="Figures",
+            subcategory="{study}",
+            labels={"study": "{study}", "figure": fig},
+        ),
+    }
+
+
+def get_tables(wildcards=None):
+    tables = (
+        ACCURACY_TABLE,
+        SIMILARITY_TABLE,
+        SPEARMAN_TABLE,
+        SUBSETS_TABLE,
+        PERMUTATION_TABLE,
+        BOUNDS_TABLE,
+        PROBE_TABLE,
+    )
+    return [table.format(study=name) for name in STUDIES for table in tables]
 
 
 def get_figure(fig):
@@ -193,7 +263,28 @@ def similarity_options(s, measure):
     return {}
 
 
+def subset_options(s):
+    """Fig 5's measures on the subsets; RTD trials and batch as in the similarity stage."""
+    options = s["agreement_subsets"]
+    rtd = s["similarity"]["rtd"]
+    return {
+        "measures": options["measures"],
+        "jaccard_k": [options["jaccard_k"]],
+        "rtd_trials": rtd["trials"],
+        "rtd_batch": rtd["batch"],
+        "rtd_seed": rtd["seed"],
+        "seed": options["seed"],
+    }
+
+
 def figure_options(s, fig):
     """The options one figure reads: the shared dpi plus its own block."""
     options = s["figures"]
+    if fig == "fig5":  # draws what the agreement_subsets block computed
+        subsets = s["agreement_subsets"]
+        return {
+            "dpi": options["dpi"],
+            "measures": subsets["measures"],
+            "jaccard_k": subsets["jaccard_k"],
+        }
     return {"dpi": options["dpi"], **options.get(fig, {})}

@@ -23,7 +23,13 @@ rule tabulate_accuracy:
     input:
         get_evaluations,
     output:
-        table=ACCURACY_TABLE,
+        table=report(
+            ACCURACY_TABLE,
+            caption="../report/accuracy.rst",
+            category="Statistics",
+            subcategory="{study}",
+            labels={"study": "{study}", "table": "Accuracy (Tables 1-3)"},
+        ),
         latex="results/{study}/tables/accuracy.tex",
     log:
         "logs/results/{study}/tables/accuracy.log",

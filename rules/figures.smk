@@ -1,22 +1,11 @@
-def figure_outputs(fig):
-    name = FIGURES[fig]
-    return {
-        "pdf": FIGURE.format(study="{study}", name=name, ext="pdf"),
-        "png": report(
-            FIGURE.format(study="{study}", name=name, ext="png"),
-            caption=f"../report/{fig}.rst",
-            category="Figures",
-            subcategory="{study}",
-            labels={"study": "{study}", "figure": fig},
-        ),
-    }
-
-
 # Fig 4 prints the Spearman correlation of each panel, so it also reads that table.
 FIGURE_INPUTS = {
     "fig1": {"similarity": SIMILARITY_TABLE},
     "fig3": {"similarity": SIMILARITY_TABLE},
     "fig4": {"similarity": SIMILARITY_TABLE, "spearman": SPEARMAN_TABLE},
+    "fig5": {"subsets": SUBSETS_TABLE, "permutation": PERMUTATION_TABLE},
+    "fig6": {"probes": PROBE_TABLE},
+    "fig7": {"bounds": BOUNDS_TABLE},
     "fig8": {"similarity": SIMILARITY_TABLE},
 }
 
@@ -37,3 +26,32 @@ for fig, fig_inputs in FIGURE_INPUTS.items():
             options=lambda wc, fig=fig: canonical(figure_options(study(wc), fig)),
         script:
             "../workflow_scripts/plot_figure.py"
+
+
+# Fig 2 shows images: the inverted sets themselves and the dataset's seed and target images.
+rule plot_fig2:
+    input:
+        unpack(get_fig2_inverted),
+        data=get_dataset_files,
+    output:
+        **figure_outputs("fig2"),
+    log:
+        "logs/results/{study}/figures/fig2.log",
+    localrule: True
+    params:
+        dataset=lambda wc: canonical(study(wc)["dataset"]),
+        sets=lambda wc: list(get_fig2_inverted(wc)),
+        options=lambda wc: canonical(figure_options(study(wc), "fig2")),
+    script:
+        "../workflow_scripts/plot_inversions.py"
+
+
+# Targets by figure name: `snakemake fig4` rebuilds Fig 4 of every study and nothing else.
+for fig in FIGURES:
+
+    rule:
+        name:
+            fig
+        input:
+            get_figure(fig),
+        localrule: True

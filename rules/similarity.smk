@@ -11,9 +11,7 @@ rule compute_similarity:
     resources:
         **resources_for("compute_similarity", runtime=60, mem_mb=8000),
     params:
-        models=lambda wc: [
-            [m.arch, m.eps, m.run] for m in models_at(study(wc), float(wc.eps))
-        ],
+        models=lambda wc: model_list(models_at(study(wc), float(wc.eps))),
         options=lambda wc: canonical(similarity_options(study(wc), wc.measure)),
     script:
         "../workflow_scripts/compute_similarity.py"
@@ -29,3 +27,23 @@ rule aggregate_similarity:
     localrule: True
     script:
         "../workflow_scripts/aggregate_similarity.py"
+
+
+# Fig 5: similarity of the inputs two models classify alike vs differently (regular images).
+rule compute_agreement_subsets:
+    input:
+        get_eps_activations,
+    output:
+        table=AGREEMENT_SUBSETS,
+    log:
+        "logs/results/{study}/similarity/agreement_subsets/eps{eps}.log",
+    benchmark:
+        "benchmarks/results/{study}/similarity/agreement_subsets/eps{eps}.tsv"
+    threads: threads_for("compute_agreement_subsets")
+    resources:
+        **resources_for("compute_agreement_subsets", runtime=60, mem_mb=8000),
+    params:
+        models=lambda wc: model_list(models_at(study(wc), float(wc.eps))),
+        options=lambda wc: canonical(subset_options(study(wc))),
+    script:
+        "../workflow_scripts/compute_agreement_subsets.py"

@@ -1,4 +1,4 @@
-"""One of the paper's figures as PDF and PNG (rules plot_fig1, plot_fig3, plot_fig4, plot_fig8)."""
+"""One of the paper's figures from its tables, as PDF and PNG (rules plot_fig1 ... plot_fig8)."""
 
 from robuniv import io, plots
 from robuniv.log import to_file
@@ -6,12 +6,14 @@ from robuniv.log import to_file
 
 def main(smk) -> None:
     to_file(smk.log[0])
-    spearman = io.read_table(smk.input.spearman) if "spearman" in smk.input.keys() else None  # noqa: SIM118 - Namedlist "in" tests values
-    fig = plots.draw_figure(
-        smk.params.figure, io.read_table(smk.input.similarity), smk.params.options, spearman
-    )
+    # Named inputs are the figure's tables: similarity, spearman, subsets, ...
+    tables = {name: io.read_table(path) for name, path in smk.input.items()}
+    fig = plots.draw_figure(smk.params.figure, tables, smk.params.options)
     meta = io.provenance(
-        study=smk.wildcards.study, figure=smk.params.figure, options=smk.params.options
+        study=smk.wildcards.study,
+        figure=smk.params.figure,
+        options=smk.params.options,
+        tables_sha256={path: io.sha256_file(path) for path in smk.input},
     )
     plots.save_figure(
         fig, smk.output.pdf, smk.output.png, dpi=smk.params.options["dpi"], metadata=meta

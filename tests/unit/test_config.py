@@ -7,7 +7,17 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
-from robuniv.config import ConfigError, ModelKey, check_study, format_eps, models_at, study_models
+from robuniv.config import (
+    ConfigError,
+    ModelKey,
+    check_study,
+    extreme_eps,
+    extreme_models,
+    fig2_models,
+    format_eps,
+    models_at,
+    study_models,
+)
 from robuniv.data import DATASETS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -84,6 +94,29 @@ def test_relations_the_schema_cannot_check_are_named(fashion_mnist_root: Path) -
     with pytest.raises(
         ConfigError, match=r"figures.fig4.measures \['jaccard', 'procrustes_sim', 'rtd'\]"
     ):
+        check_study("s", study)
+
+
+def test_analysis_options_are_checked_against_the_study(fashion_mnist_root: Path) -> None:
+    base = {
+        "dataset": {"name": "fashion_mnist", "root": str(fashion_mnist_root)},
+        "archs": ["resnet18", "vgg16"],
+        "eps": [0, 0.5, 1],
+    }
+    study = validated(base)
+    assert extreme_eps(study) == [0.0, 1.0]
+    assert [m.eps for m in extreme_models(study)] == [0.0, 0.0, 1.0, 1.0]
+    assert fig2_models(study) == [
+        ModelKey("resnet18", 0.0, 0),
+        ModelKey("resnet18", 1.0, 0),
+        ModelKey("vgg16", 0.0, 0),
+        ModelKey("vgg16", 1.0, 0),
+    ]
+    study = validated({**base, "figures": {"fig2": {"archs": ["densenet161"]}}})
+    with pytest.raises(ConfigError, match=r"figures.fig2.archs \['densenet161'\]"):
+        check_study("s", study)
+    study = validated({**base, "probes": {"n_train": 10, "val_fraction": 0.01}})
+    with pytest.raises(ConfigError, match="probes.val_fraction 0.01 of probes.n_train 10"):
         check_study("s", study)
 
 

@@ -9,13 +9,19 @@ import pytest
 from matplotlib.image import imread
 from PIL import Image
 
+from robuniv.config import ModelKey
 from robuniv.plots import (
+    draw_figure,
+    plot_agreement_bounds,
+    plot_agreement_subsets,
+    plot_inversions,
     plot_jaccard_k,
     plot_predictive,
+    plot_probes,
     plot_representational,
     save_figure,
 )
-from robuniv.stats import spearman_by_group
+from robuniv.stats import bounds_table, permutation_table, spearman_by_group, spearman_table
 
 ARCHS = ("resnet18", "resnet50", "vgg16_bn")
 EPS = (0.0, 0.25, 1.0, 3.0)
@@ -183,3 +189,126 @@ def test_save_figure_writes_reproducible_pdf_and_png_with_provenance(tmp_path: P
     assert imread(png).shape == (int(3.4 * 60), 8 * 60, 4)
     assert '"figure": "fig1"' in Image.open(png).text["provenance"]
     assert sorted(p.name for p in (tmp_path / "first").iterdir()) == ["fig1.pdf", "fig1.png"]
+
+
+# --- multi-run baseline and Figs 2, 5, 6, 7 -------------------------------------------------
+
+
+def with_baseline(sim: pd.DataFrame) -> pd.DataFrame:
+    """The table plus pairs of each architecture with its run-1 replica."""
+    same = sim.drop_duplicates(["inputs", "eps", "model_a", "measure", "k", "source"]).copy()
+    same["model_b"], same["run_b"] = same["model_a"], 1
+    return pd.concat([sim, same], ignore_index=True)
+
+
+def test_same_architecture_pairs_get_their_own_box_and_legend_entry() -> None:
+    sim = with_baseline(similarity_table())
+    fig = plot_predictive(sim, "regular")
+    # Per eps: a box of cross-architecture pairs and one of same-architecture pairs.
+    assert len(fig.axes[0].patches) == 2 * len(EPS)
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels == [
+        "different architectures (regular)",
+        "same architecture, different runs (regular)",
+    ]
+    spearman = spearman_table(sim)
+    fig4 = plot_representational(sim, spearman)
+    text = "\n".join(t.get_text() for t in fig4.axes[0].texts)
+    assert "same arch: ρ =" in text
+    # Without same-architecture pairs: one box per eps and no legend, as before.
+    plain = plot_predictive(similarity_table(), "regular")
+    assert len(plain.axes[0].patches) == len(EPS) and not plain.legends
+
+
+def test_inversion_grid_has_seed_target_and_one_row_per_model() -> None:
+    rng = np.random.default_rng(0)
+    images = {name: rng.integers(0, 256, (8, 1, 12, 12), dtype=np.uint8) for name in "abcd"}
+    fig = plot_inversions(
+        images["a"],
+        images["b"],
+        {"resnet18, eps 0": images["c"], "resnet18, eps 3": images["d"]},
+        seed_labels=[0] * 8,
+        target_labels=[1] * 8,
+        class_names=["shirt", "bag"],
+        n_show=5,
+    )
+    assert len(fig.axes) == 4 * 5
+    assert [ax.get_ylabel() for ax in fig.axes[::5]] == [
+        "seed", "target", "resnet18, eps 0", "resnet18, eps 3",
+    ]  # fmt: skip
+    assert fig.axes[0].get_title() == "shirt → bag"
+    colour = rng.integers(0, 256, (2, 3, 12, 12), dtype=np.uint8)
+    assert len(plot_inversions(colour, colour, {"x": colour}).axes) == 3 * 2
+    with pytest.raises(ValueError, match="C = 1 or 3"):
+        plot_inversions(colour[:, :2], colour, {"x": colour})
+
+
+def subset_table() -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    rows = []
+    for eps, (a, b), measure in itertools.product(
+        (0.0, 3.0), itertools.combinations(ARCHS, 2), ("cka", "procrustes_sim", "jaccard", "rtd")
+    ):
+        for subset in ("agree", "disagree"):
+            value = 0.6 + (0.2 if subset == "agree" else 0) + rng.normal(scale=0.02)
+            rows.append(("s", eps, a, 0, b, 0, measure, 10 if measure == "jaccard" else -1,
+                         subset, 50, -value if measure == "rtd" else value))  # fmt: skip
+    columns = ["study", "eps", "model_a", "run_a", "model_b", "run_b", "measure", "k"]
+    return pd.DataFrame(rows, columns=[*columns, "subset", "n_rows", "value"])
+
+
+def test_agreement_subset_figure_joins_pairs_and_prints_p_values() -> None:
+    subsets = subset_table()
+    tests = permutation_table(subsets, resamples=99, seed=0)
+    fig = plot_agreement_subsets(subsets, tests)
+    assert len(fig.axes) == 4
+    ax = fig.axes[0]
+    assert len(ax.lines) >= 2 * 3  # one line per pair and eps (plus box whiskers)
+    assert [t.get_text() for t in ax.texts] == ["p = 0.25", "p = 0.25"]  # 3 pairs: 2/8 exactly
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [
+        "agreeing predictions",
+        "disagreeing predictions",
+    ]
+    with pytest.raises(ValueError, match="'cka_unbiased'"):
+        plot_agreement_subsets(subsets, tests, measures=("cka_unbiased",))
+
+
+def test_probe_figure_scatters_pairs_around_the_diagonal() -> None:
+    probes = pd.DataFrame(
+        {
+            "eps": [0.0, 0.0, 3.0],
+            "model_a": ["a", "a", "a"],
+            "model_b": ["b", "a", "b"],
+            "classifier_agreement": [0.7, 0.9, 0.8],
+            "probe_agreement": [0.75, 0.95, 0.9],
+        }
+    )
+    fig = plot_probes(probes)
+    ax = fig.axes[0]
+    assert len(ax.collections) == 3  # eps 0 cross, eps 0 same arch, eps 3 cross
+    assert ax.get_xlim() == ax.get_ylim()
+    with pytest.raises(ValueError, match="probe_agreement"):
+        plot_probes(probes.drop(columns="probe_agreement"))
+
+
+def test_bounds_figure_draws_four_bounds_and_the_observed_agreement() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 500)
+    predictions = {
+        ModelKey(arch, eps, 0): (np.where(rng.random(500) < 0.6 + 0.1 * i, labels, 0), labels)
+        for eps in (0.0, 1.0)
+        for i, arch in enumerate(ARCHS)
+    }
+    bounds = bounds_table(predictions, study="s")
+    fig = plot_agreement_bounds(bounds)
+    labels_shown = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert len(labels_shown) == 5 and labels_shown[-1] == "observed agreement (pairs)"
+    with pytest.raises(ValueError, match="no model pairs"):
+        plot_agreement_bounds(bounds.iloc[:0])
+
+
+def test_draw_figure_names_a_missing_table() -> None:
+    with pytest.raises(ValueError, match="fig7 needs the 'bounds' table"):
+        draw_figure("fig7", {"similarity": similarity_table()}, {"dpi": 50})
+    with pytest.raises(KeyError, match="fig9"):
+        draw_figure("fig9", {}, {})

@@ -267,6 +267,8 @@ def test_agreement_bounds_formulas() -> None:
     # Equal accuracies: a model may agree with itself entirely.
     assert agreement_bounds(0.8, 0.8, 2)["hard_upper"] == 1.0
     assert agreement_bounds(0.2, 0.3, 2)["hard_lower"] == 0.0
+    # Below chance no flipping noise explains the weaker model.
+    assert np.isnan(agreement_bounds(0.05, 0.3, 10)["correlated"])
     with pytest.raises(ValueError, match="acc_b must lie in \\[0, 1\\]"):
         agreement_bounds(0.5, 1.2, 10)
     with pytest.raises(ValueError, match="n_classes"):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import filecmp
-import os
 import shutil
 import subprocess
 import sys
@@ -11,94 +10,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
+from smoke import REPO, STUDY, planned_jobs, snakemake, write_config
 
 from robuniv import io
 
-REPO = Path(__file__).resolve().parents[2]
-SMOKE = REPO / "tests" / "workflow" / "config.smoke.yaml"
-STUDY = "smoke"
-
 pytestmark = pytest.mark.workflow
-
-
-def command(workdir: Path, config: Path, *args: str) -> list[str]:
-    snakefile = ["--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir)]
-    return [sys.executable, "-m", "snakemake", *snakefile, "--configfile", str(config), *args]
-
-
-def snakemake(
-    workdir: Path, config: Path, *args: str, check: bool = True
-) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
-    cmd = command(workdir, config, "--cores", "2", *args)
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, check=False)
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-        )
-    return result
-
-
-def write_config(path: Path, data_root: Path, **changes: object) -> Path:
-    config = yaml.safe_load(SMOKE.read_text())
-    study = config["studies"][STUDY]
-    study["dataset"]["root"] = str(data_root)
-    for dotted, value in changes.items():
-        node = study
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def planned_jobs(workdir: Path, config: Path, *targets: str) -> dict[str, int]:
-    """Rule -> job count of a dry run (what Snakemake would run now)."""
-    result = subprocess.run(
-        command(workdir, config, "-n", *targets),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    if "Nothing to be done" in result.stdout + result.stderr:
-        return {}
-    jobs: dict[str, int] = {}
-    in_table = False
-    for line in (result.stdout + result.stderr).splitlines():
-        if line.startswith("job") and "count" in line:
-            in_table = True
-            continue
-        if in_table:
-            parts = line.split()
-            if len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
-                jobs[parts[0]] = int(parts[1])
-            elif parts and parts[0] == "total":
-                break
-    return jobs
-
-
-@pytest.fixture(scope="module")
-def smoke_runs(tmp_path_factory: pytest.TempPathFactory, fashion_mnist_root: Path) -> list[Path]:
-    """Two complete runs of the smoke study in separate folders."""
-    runs = []
-    for i in range(2):
-        workdir = tmp_path_factory.mktemp(f"smoke{i}")
-        config = write_config(workdir / "config.yaml", fashion_mnist_root)
-        snakemake(workdir, config)
-        runs.append(workdir)
-    return runs
 
 
 def test_whole_dag_produces_every_figure_and_table(smoke_runs: list[Path]) -> None:
     results = smoke_runs[0] / "results" / STUDY
     for name in (
         "fig1_predictive_regular",
+        "fig2_inversions",
         "fig3_predictive_inverted",
         "fig4_representational",
+        "fig5_agreement_subsets",
+        "fig6_probes",
+        "fig7_agreement_bounds",
         "fig8_jaccard_k",
     ):
         assert (results / "figures" / f"{name}.pdf").read_bytes().startswith(b"%PDF")
@@ -114,13 +42,16 @@ def test_whole_dag_produces_every_figure_and_table(smoke_runs: list[Path]) -> No
         "agreement",
         "jsd_sim",
     }
-    # 2 archs x 2 eps: per eps one regular pair and two inverted comparisons.
+    # 2 archs x 2 runs = 4 models per eps: 6 regular pairs, each compared on both of its
+    # models' inverted sets; 2 of the 6 pairs are one architecture from two runs.
     per_measure = similarity[similarity["measure"] == "cka"]
-    assert len(per_measure) == 2 * (1 + 2)
+    assert len(per_measure) == 2 * (6 + 12)
+    same_arch = per_measure[per_measure["model_a"] == per_measure["model_b"]]
+    assert len(same_arch) == 2 * (2 + 4) and (same_arch["run_a"] != same_arch["run_b"]).all()
     assert set(similarity.loc[similarity["measure"] == "jaccard", "k"]) == {5, 10}
     assert np.isfinite(similarity["value"]).all()
     accuracy = io.read_table(results / "tables" / "accuracy.tsv")
-    assert len(accuracy) == 2
+    assert len(accuracy) == 2 * 2
     assert (results / "tables" / "accuracy.tex").read_text().count(r"\\") >= 2
     # Every job wrote a log.
     assert any((smoke_runs[0] / "logs").rglob("*.log"))
@@ -167,9 +98,11 @@ def test_adding_an_eps_trains_only_the_new_models(
     workdir = smoke_runs[1]
     config = write_config(workdir / "eps.yaml", fashion_mnist_root, eps=[0, 0.5, 1])
     jobs = planned_jobs(workdir, config)
-    assert jobs["train_model"] == 2
-    assert jobs["invert_images"] == 2 and jobs["extract_activations"] == 2
-    assert jobs["evaluate_model"] == 2
+    # 2 archs x 2 runs at the new eps; probes and Fig 5 stay: 0.5 is not an extreme eps.
+    assert jobs["train_model"] == 4
+    assert jobs["invert_images"] == 4 and jobs["extract_activations"] == 4
+    assert jobs["evaluate_model"] == 4
+    assert "train_probe" not in jobs and "compute_agreement_subsets" not in jobs
 
 
 def test_fig_target_rebuilds_after_deletion(smoke_runs: list[Path]) -> None:
@@ -218,3 +151,38 @@ def test_lint_and_snakefmt_are_clean(fashion_mnist_root: Path) -> None:
         check=False,
     )
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+
+def test_statistics_tables_cover_every_analysis(smoke_runs: list[Path]) -> None:
+    tables = smoke_runs[0] / "results" / STUDY / "tables"
+    spearman = io.read_table(tables / "spearman.csv")
+    assert set(spearman["pairs"]) == {"cross_arch", "same_arch"}
+    assert set(spearman["inputs"]) == {"regular", "inverted"}
+    assert spearman["p"].between(0, 1).all()
+    permutation = io.read_table(tables / "permutation.csv")
+    assert set(permutation["eps"]) == {0.0, 1.0}
+    assert (permutation["resamples"] == 999).all() and permutation["p"].between(0, 1).all()
+    for name in ("spearman", "permutation", "accuracy"):
+        assert r"\begin{tabular}" in (tables / f"{name}.tex").read_text()
+    bounds = io.read_table(tables / "agreement_bounds.tsv")
+    # Agreement can never leave the hard limits its two accuracies allow.
+    assert (bounds["hard_lower"] <= bounds["agreement"] + 1e-12).all()
+    assert (bounds["agreement"] <= bounds["hard_upper"] + 1e-12).all()
+    probes = io.read_table(tables / "probes.tsv")
+    assert len(probes) == 2 * 6  # 6 pairs of 4 models at each of eps 0 and 1
+    assert probes[["probe_agreement", "classifier_agreement"]].stack().between(0, 1).all()
+
+
+def test_fig5_target_rebuilds_only_what_fig5_needs(smoke_runs: list[Path]) -> None:
+    workdir = smoke_runs[1]
+    results = workdir / "results" / STUDY
+    for part in (results / "similarity" / "agreement_subsets").glob("*.tsv"):
+        part.unlink()
+    fig5 = "results/smoke/figures/fig5_agreement_subsets.pdf"
+    assert planned_jobs(workdir, workdir / "config.yaml", fig5) == {
+        "compute_agreement_subsets": 2,
+        "test_permutation": 1,
+        "plot_fig5": 1,
+    }
+    snakemake(workdir, workdir / "config.yaml", fig5)
+    assert planned_jobs(workdir, workdir / "config.yaml", fig5) == {}

@@ -1,0 +1,73 @@
+"""Running the smoke study (config.smoke.yaml) through real Snakemake, for the workflow tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+SMOKE = REPO / "tests" / "workflow" / "config.smoke.yaml"
+STUDY = "smoke"
+
+
+def command(workdir: Path, config: Path, *args: str) -> list[str]:
+    snakefile = ["--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir)]
+    return [sys.executable, "-m", "snakemake", *snakefile, "--configfile", str(config), *args]
+
+
+def snakemake(
+    workdir: Path, config: Path, *args: str, check: bool = True
+) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    cmd = command(workdir, config, "--cores", "2", *args)
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, check=False)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+        )
+    return result
+
+
+def write_config(path: Path, data_root: Path, **changes: object) -> Path:
+    config = yaml.safe_load(SMOKE.read_text())
+    study = config["studies"][STUDY]
+    study["dataset"]["root"] = str(data_root)
+    for dotted, value in changes.items():
+        node = study
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def planned_jobs(workdir: Path, config: Path, *targets: str) -> dict[str, int]:
+    """Rule -> job count of a dry run (what Snakemake would run now)."""
+    result = subprocess.run(
+        command(workdir, config, "-n", *targets),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    if "Nothing to be done" in result.stdout + result.stderr:
+        return {}
+    jobs: dict[str, int] = {}
+    in_table = False
+    for line in (result.stdout + result.stderr).splitlines():
+        if line.startswith("job") and "count" in line:
+            in_table = True
+            continue
+        if in_table:
+            parts = line.split()
+            if len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
+                jobs[parts[0]] = int(parts[1])
+            elif parts and parts[0] == "total":
+                break
+    return jobs
