@@ -40,6 +40,33 @@ class ModelKey:
         return f"{self.arch}/run{self.run}"
 
 
+# Leading columns of every per-pair table (similarity subsets, probes, agreement bounds).
+PAIR_COLUMNS = ("study", "eps", "model_a", "run_a", "model_b", "run_b")
+
+
+def pair_record(study: str, a: ModelKey, b: ModelKey) -> dict[str, Any]:
+    """The `PAIR_COLUMNS` values of the pair (a, b), both at one eps."""
+    return {
+        "study": study,
+        "eps": float(a.eps),
+        "model_a": a.arch,
+        "run_a": a.run,
+        "model_b": b.arch,
+        "run_b": b.run,
+    }
+
+
+def same_eps_pairs(models: Iterable[ModelKey]) -> list[tuple[ModelKey, ModelKey]]:
+    """Every unordered pair of models at the same eps, in sorted order."""
+    ordered = sorted(models)
+    return [
+        (a, b)
+        for i, a in enumerate(ordered)
+        for b in ordered[i + 1 :]
+        if math.isclose(a.eps, b.eps)
+    ]
+
+
 def adapt_stem_for(model: Mapping[str, Any], arch: str) -> bool | None:
     """The study's stem choice for one architecture: one value for all, or per arch."""
     choice = model.get("adapt_stem")

@@ -8,7 +8,6 @@ more or less than the two classifiers they were cut from.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 from collections.abc import Mapping
@@ -22,19 +21,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from robuniv.config import ModelKey
+from robuniv.config import PAIR_COLUMNS, ModelKey, pair_record, same_eps_pairs
 from robuniv.log import progress_kwargs
 from robuniv.similarity import agreement
 
 log = logging.getLogger(__name__)
 
 PROBE_COLUMNS = (
-    "study",
-    "eps",
-    "model_a",
-    "run_a",
-    "model_b",
-    "run_b",
+    *PAIR_COLUMNS,
     "classifier_agreement",
     "probe_agreement",
     "classifier_acc_a",
@@ -208,19 +202,12 @@ def probe_agreement_table(
         return float(np.mean(np.asarray(logits).argmax(1) == labels))
 
     records = []
-    for a, b in itertools.combinations(sorted(probes), 2):
-        if not math.isclose(a.eps, b.eps):
-            continue
+    for a, b in same_eps_pairs(probes):
         probe_a, classifier_a, _ = probes[a]
         probe_b, classifier_b, _ = probes[b]
         records.append(
             {
-                "study": study,
-                "eps": float(a.eps),
-                "model_a": a.arch,
-                "run_a": a.run,
-                "model_b": b.arch,
-                "run_b": b.run,
+                **pair_record(study, a, b),
                 "classifier_agreement": agreement(classifier_a, classifier_b),
                 "probe_agreement": agreement(probe_a, probe_b),
                 "classifier_acc_a": accuracy(classifier_a),

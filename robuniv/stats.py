@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +18,7 @@ import numpy.typing as npt
 import pandas as pd
 from scipy.stats import spearmanr
 
-from robuniv.config import format_eps
+from robuniv.config import PAIR_COLUMNS, format_eps, pair_record, same_eps_pairs
 
 log = logging.getLogger(__name__)
 
@@ -291,18 +290,7 @@ def _group_seed(seed: int, key: tuple) -> int:
     return int.from_bytes(digest[:8], "little")
 
 
-SUBSET_REQUIRED = (
-    "study",
-    "eps",
-    "model_a",
-    "run_a",
-    "model_b",
-    "run_b",
-    "measure",
-    "k",
-    "subset",
-    "value",
-)
+SUBSET_REQUIRED = (*PAIR_COLUMNS, "measure", "k", "subset", "value")
 
 
 def permutation_table(
@@ -426,27 +414,18 @@ def bounds_table(
         raise ValueError("no predictions given")
     n_classes = max(n_classes, int(labels.max()) + 1, 2)
     rows = []
-    keys = sorted(classes, key=lambda k: (k.eps, k.arch, k.run))
-    for i, a in enumerate(keys):
-        for b in keys[i + 1 :]:
-            if not math.isclose(a.eps, b.eps):
-                continue
-            acc_a = float((classes[a] == labels).mean())
-            acc_b = float((classes[b] == labels).mean())
-            bounds = agreement_bounds(acc_a, acc_b, n_classes)
-            rows.append(
-                {
-                    "study": study,
-                    "eps": float(a.eps),
-                    "model_a": a.arch,
-                    "run_a": a.run,
-                    "model_b": b.arch,
-                    "run_b": b.run,
-                    "acc_a": acc_a,
-                    "acc_b": acc_b,
-                    "agreement": float((classes[a] == classes[b]).mean()),
-                    **{name: float(value) for name, value in bounds.items()},
-                }
-            )
-    columns = ["study", "eps", "model_a", "run_a", "model_b", "run_b", "acc_a", "acc_b"]
-    return pd.DataFrame(rows, columns=[*columns, "agreement", *BOUND_COLUMNS])
+    for a, b in same_eps_pairs(classes):
+        acc_a = float((classes[a] == labels).mean())
+        acc_b = float((classes[b] == labels).mean())
+        bounds = agreement_bounds(acc_a, acc_b, n_classes)
+        rows.append(
+            {
+                **pair_record(study, a, b),
+                "acc_a": acc_a,
+                "acc_b": acc_b,
+                "agreement": float((classes[a] == classes[b]).mean()),
+                **{name: float(value) for name, value in bounds.items()},
+            }
+        )
+    columns = [*PAIR_COLUMNS, "acc_a", "acc_b", "agreement", *BOUND_COLUMNS]
+    return pd.DataFrame(rows, columns=columns)

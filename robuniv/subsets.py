@@ -22,18 +22,13 @@ import numpy as np
 import pandas as pd
 
 from robuniv.compare import REGULAR_GROUP
-from robuniv.config import ModelKey
+from robuniv.config import PAIR_COLUMNS, ModelKey, pair_record
 from robuniv.similarity import MEASURES, compare_pairs
 
 log = logging.getLogger(__name__)
 
 SUBSET_COLUMNS = (
-    "study",
-    "eps",
-    "model_a",
-    "run_a",
-    "model_b",
-    "run_b",
+    *PAIR_COLUMNS,
     "measure",
     "k",
     "subset",
@@ -158,12 +153,7 @@ def agreement_subset_table(
         for result in results:
             records.append(
                 {
-                    "study": study,
-                    "eps": float(eps),
-                    "model_a": a.arch,
-                    "run_a": a.run,
-                    "model_b": b.arch,
-                    "run_b": b.run,
+                    **pair_record(study, a, b),
                     "measure": result["measure"],
                     "k": -1 if result["k"] is None else int(result["k"]),
                     "subset": result["a"][1],
