@@ -16,7 +16,7 @@ torch_pip=${TORCH_PIP:-$default_torch}
 data_root=resources/fashion_mnist
 
 ensure_env() {
-  if "$venv/bin/python" -c "import robuniv.pipeline, snakemake, pytest" 2>/dev/null; then
+  if "$venv/bin/python" -c "import robuniv.pipeline, snakemake, pytest, playwright" 2>/dev/null; then
     return
   fi
   echo "== creating the environment in $venv"

@@ -26,7 +26,7 @@ rule tabulate_accuracy:
         table=report(
             ACCURACY_TABLE,
             caption="../report/accuracy.rst",
-            category="Statistics",
+            category="Tables",
             subcategory="{study}",
             labels={"study": "{study}", "table": "Accuracy (Tables 1-3)"},
         ),

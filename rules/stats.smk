@@ -5,7 +5,7 @@ rule test_spearman:
         table=report(
             SPEARMAN_TABLE,
             caption="../report/spearman.rst",
-            category="Statistics",
+            category="Tables",
             subcategory="{study}",
             labels={"study": "{study}", "table": "Spearman"},
         ),
@@ -25,7 +25,7 @@ rule test_permutation:
         table=report(
             PERMUTATION_TABLE,
             caption="../report/permutation.rst",
-            category="Statistics",
+            category="Tables",
             subcategory="{study}",
             labels={"study": "{study}", "table": "Permutation tests"},
         ),
