@@ -10,6 +10,8 @@ rule extract_activations:
         "logs/results/{study}/activations/{arch}/eps{eps}/run{run}.log",
     benchmark:
         "benchmarks/results/{study}/activations/{arch}/eps{eps}/run{run}.tsv"
+    conda:
+        "../envs/robuniv.yaml"
     threads: threads_for("extract_activations")
     resources:
         **resources_for("extract_activations", runtime=30, mem_mb=8000),

@@ -1,3 +1,4 @@
+import os
 import re
 
 from snakemake.utils import validate
@@ -187,9 +188,39 @@ def model_params(wildcards):
     }
 
 
+# Rules that run a network: they ask the scheduler for a GPU (`gpu=1`, the SLURM
+# executor's --gpus) unless the config says device: cpu; every other rule asks for none.
+GPU_RULES = {
+    "train_model",
+    "import_checkpoint",
+    "evaluate_model",
+    "invert_images",
+    "extract_activations",
+    "extract_probe_features",
+    "train_probe",
+}
+
+
+def scheduler_resources():
+    """SLURM account and partition: the config's `slurm` block, else sbatch's own
+    SBATCH_ACCOUNT / SBATCH_PARTITION; never written into the workflow."""
+    chosen = {
+        "slurm_account": config["slurm"]["account"] or os.environ.get("SBATCH_ACCOUNT"),
+        "slurm_partition": config["slurm"]["partition"]
+        or os.environ.get("SBATCH_PARTITION"),
+    }
+    return {key: value for key, value in chosen.items() if value}
+
+
 def resources_for(rule_name, **defaults):
     """Config overrides on top of the rule's defaults; runtime and memory grow per attempt."""
-    merged = {**defaults, **config["resources"].get(rule_name, {})}
+    if rule_name in GPU_RULES and config["device"] != "cpu":
+        defaults.setdefault("gpu", 1)
+    merged = {
+        **defaults,
+        **scheduler_resources(),
+        **config["resources"].get(rule_name, {}),
+    }
     runtime, mem_mb = merged.pop("runtime", None), merged.pop("mem_mb", None)
     if runtime is not None:
         merged["runtime"] = lambda wildcards, attempt: runtime * attempt

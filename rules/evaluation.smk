@@ -8,6 +8,8 @@ rule evaluate_model:
         "logs/results/{study}/evaluation/{arch}/eps{eps}/run{run}.log",
     benchmark:
         "benchmarks/results/{study}/evaluation/{arch}/eps{eps}/run{run}.tsv"
+    conda:
+        "../envs/robuniv.yaml"
     threads: threads_for("evaluate_model")
     resources:
         **resources_for("evaluate_model", runtime=30, mem_mb=4000),
@@ -34,5 +36,7 @@ rule tabulate_accuracy:
     log:
         "logs/results/{study}/tables/accuracy.log",
     localrule: True
+    conda:
+        "../envs/robuniv.yaml"
     script:
         "../workflow_scripts/tabulate_accuracy.py"

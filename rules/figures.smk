@@ -21,6 +21,8 @@ for fig, fig_inputs in FIGURE_INPUTS.items():
         log:
             f"logs/results/{{study}}/figures/{fig}.log",
         localrule: True
+        conda:
+            "../envs/robuniv.yaml"
         params:
             figure=fig,
             options=lambda wc, fig=fig: canonical(figure_options(study(wc), fig)),
@@ -38,6 +40,8 @@ rule plot_fig2:
     log:
         "logs/results/{study}/figures/fig2.log",
     localrule: True
+    conda:
+        "../envs/robuniv.yaml"
     params:
         dataset=lambda wc: canonical(study(wc)["dataset"]),
         sets=lambda wc: list(get_fig2_inverted(wc)),

@@ -7,6 +7,8 @@ rule sample_inputs:
     log:
         "logs/results/{study}/inputs/sample_inputs.log",
     localrule: True
+    conda:
+        "../envs/robuniv.yaml"
     params:
         dataset=lambda wc: canonical(study(wc)["dataset"]),
         inputs=lambda wc: canonical(study(wc)["inputs"]),

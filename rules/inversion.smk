@@ -9,6 +9,8 @@ rule invert_images:
         "logs/results/{study}/inverted/{arch}/eps{eps}/run{run}.log",
     benchmark:
         "benchmarks/results/{study}/inverted/{arch}/eps{eps}/run{run}.tsv"
+    conda:
+        "../envs/robuniv.yaml"
     threads: threads_for("invert_images")
     resources:
         **resources_for("invert_images", runtime=120, mem_mb=4000),

@@ -9,6 +9,8 @@ rule extract_probe_features:
         "logs/results/{study}/probes/features/{arch}/eps{eps}/run{run}.log",
     benchmark:
         "benchmarks/results/{study}/probes/features/{arch}/eps{eps}/run{run}.tsv"
+    conda:
+        "../envs/robuniv.yaml"
     threads: threads_for("extract_probe_features")
     resources:
         **resources_for("extract_probe_features", runtime=60, mem_mb=16000),
@@ -32,6 +34,8 @@ rule train_probe:
         "logs/results/{study}/probes/{arch}/eps{eps}/run{run}.log",
     benchmark:
         "benchmarks/results/{study}/probes/{arch}/eps{eps}/run{run}.tsv"
+    conda:
+        "../envs/robuniv.yaml"
     threads: threads_for("train_probe")
     resources:
         **resources_for("train_probe", runtime=60, mem_mb=16000),

@@ -7,6 +7,8 @@ rule compute_similarity:
         "logs/results/{study}/similarity/{inputs}/eps{eps}/{measure}.log",
     benchmark:
         "benchmarks/results/{study}/similarity/{inputs}/eps{eps}/{measure}.tsv"
+    conda:
+        "../envs/robuniv.yaml"
     threads: threads_for("compute_similarity")
     resources:
         **resources_for("compute_similarity", runtime=60, mem_mb=8000),
@@ -25,6 +27,8 @@ rule aggregate_similarity:
     log:
         "logs/results/{study}/tables/similarity.log",
     localrule: True
+    conda:
+        "../envs/robuniv.yaml"
     script:
         "../workflow_scripts/aggregate_similarity.py"
 
@@ -39,6 +43,8 @@ rule compute_agreement_subsets:
         "logs/results/{study}/similarity/agreement_subsets/eps{eps}.log",
     benchmark:
         "benchmarks/results/{study}/similarity/agreement_subsets/eps{eps}.tsv"
+    conda:
+        "../envs/robuniv.yaml"
     threads: threads_for("compute_agreement_subsets")
     resources:
         **resources_for("compute_agreement_subsets", runtime=60, mem_mb=8000),

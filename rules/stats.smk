@@ -13,6 +13,8 @@ rule test_spearman:
     log:
         "logs/results/{study}/tables/spearman.log",
     localrule: True
+    conda:
+        "../envs/robuniv.yaml"
     script:
         "../workflow_scripts/test_spearman.py"
 
@@ -33,6 +35,8 @@ rule test_permutation:
     log:
         "logs/results/{study}/tables/permutation.log",
     localrule: True
+    conda:
+        "../envs/robuniv.yaml"
     params:
         resamples=lambda wc: study(wc)["agreement_subsets"]["resamples"],
         seed=lambda wc: study(wc)["agreement_subsets"]["seed"],
@@ -49,6 +53,8 @@ rule tabulate_bounds:
     log:
         "logs/results/{study}/tables/agreement_bounds.log",
     localrule: True
+    conda:
+        "../envs/robuniv.yaml"
     params:
         models=lambda wc: model_list(study_models(study(wc))),
     script:
@@ -63,6 +69,8 @@ rule compare_probes:
     log:
         "logs/results/{study}/tables/probes.log",
     localrule: True
+    conda:
+        "../envs/robuniv.yaml"
     params:
         models=lambda wc: model_list(extreme_models(study(wc))),
     script:

@@ -7,6 +7,8 @@ rule train_model:
         "logs/results/{study}/models/{arch}/eps{eps}/run{run}.log",
     benchmark:
         "benchmarks/results/{study}/models/{arch}/eps{eps}/run{run}.tsv"
+    conda:
+        "../envs/robuniv.yaml"
     threads: threads_for("train_model")
     resources:
         **resources_for("train_model", runtime=60, mem_mb=4000),
@@ -29,6 +31,8 @@ rule download_checkpoint:
         file="|".join(re.escape(f) for f in CHECKPOINT_FILES),
     retries: 3
     localrule: True
+    conda:
+        "../envs/robuniv.yaml"
     params:
         url=lambda wc: CHECKPOINT_FILES[wc.file].url,
         sha256=lambda wc: CHECKPOINT_FILES[wc.file].sha256,
@@ -43,6 +47,8 @@ rule import_checkpoint:
         ckpt=IMPORTED,
     log:
         "logs/results/{study}/models/{arch}/eps{eps}/imported.log",
+    conda:
+        "../envs/robuniv.yaml"
     threads: threads_for("import_checkpoint")
     resources:
         **resources_for("import_checkpoint", runtime=30, mem_mb=6000),
