@@ -67,6 +67,10 @@ def slurm_config(path: Path, data_root: Path) -> Path:
     study = config["studies"]["smoke"]
     study["dataset"]["root"] = str(data_root)
     study["runs"] = [0]
+    # Fewer measures than the smoke study: each one is 4 more cluster jobs, not more coverage.
+    study["similarity"]["measures"] = ["agreement", "jsd_sim", "cka", "jaccard"]
+    study["figures"]["fig4"]["measures"] = ["cka", "jaccard"]
+    study["agreement_subsets"]["measures"] = ["cka", "jaccard"]
     rules = ("train_model", "evaluate_model", "invert_images", "extract_activations",
              "extract_probe_features", "train_probe", "compute_similarity",
              "compute_agreement_subsets")  # fmt: skip
@@ -75,8 +79,8 @@ def slurm_config(path: Path, data_root: Path) -> Path:
     return path
 
 
-def run_slurm(workdir: Path, config: Path, *args: str, timeout: int = 1500):
-    env = {**os.environ, "SBATCH_ACCOUNT": "robuniv", "PYTHONHASHSEED": "0"}
+def run_slurm(workdir: Path, config: Path, *args: str, timeout: int = 1500, env=None):
+    env = {**os.environ, "SBATCH_ACCOUNT": "robuniv", "PYTHONHASHSEED": "0", **(env or {})}
     command = [
         "timeout", "-s", "INT", str(timeout),  # the executor ignores SIGTERM while polling
         sys.executable, "-m", "snakemake", "--profile", str(PROFILE),
@@ -181,3 +185,23 @@ def test_a_cancelled_job_is_retried_and_leaves_no_partial_output(slurm_run, tmp_
     # Atomic writes: nothing half-written beside the checkpoint.
     leftovers = [p.name for p in model.parent.iterdir() if p.name != model.name]
     assert leftovers == [], leftovers
+
+
+def test_apptainer_plumbing_through_slurm_gives_gpu_rules_nv(slurm_run, tmp_path: Path) -> None:
+    """`--sdm apptainer` with a stand-in apptainer that logs each call and runs it here."""
+    workdir, config, _, _ = slurm_run
+    calls = tmp_path / "apptainer.log"
+    env = {
+        "PATH": f"{REPO / 'tests' / 'cluster' / 'bin'}:{os.environ['PATH']}",
+        "ROBUNIV_APPTAINER_LOG": str(calls),
+    }
+    targets = ["results/smoke/models/resnet18/eps0/run0.pt", "results/smoke/tables/probes.tsv"]
+    result = run_slurm(workdir, config, "--sdm", "apptainer", "-f", *targets, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    execs = [line for line in calls.read_text().splitlines() if " exec " in line]
+    assert any("pull" in line for line in calls.read_text().splitlines())
+    # Every job ran inside the image the Snakefile names; the GPU rule got --nv.
+    assert len(execs) == 2, execs
+    train = [line for line in execs if "train_model" in line]
+    assert train and "--nv" in train[0]
+    assert all(".simg" in line for line in execs)

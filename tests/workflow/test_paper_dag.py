@@ -57,13 +57,13 @@ def roots(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def dry_run(
-    work: Path, config: str, env: dict[str, str] | None = None
+    work: Path, config: str, env: dict[str, str] | None = None, *args: str
 ) -> subprocess.CompletedProcess:
     if env is None:
         env = {**os.environ, "IMAGENET_ROOT": str(work / "imagenet")}
     return subprocess.run(
         [sys.executable, "-m", "snakemake", "-n", "--snakefile", str(REPO / "Snakefile")]
-        + ["--directory", str(work), "--configfile", str(EXPERIMENTS / config)],
+        + ["--directory", str(work), "--configfile", str(EXPERIMENTS / config), *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -91,6 +91,23 @@ def test_paper_dag_lists_every_job(roots: Path) -> None:
     assert counts["train_model"] == 3 + 20 + 28
     assert counts["evaluate_model"] == counts["invert_images"] == 29 + 20 + 28
     assert counts["plot_fig4"] == 3
+
+
+def test_paper_dag_through_the_slurm_profile_asks_gpus_for_network_rules(roots: Path) -> None:
+    env = {**os.environ, "IMAGENET_ROOT": str(roots / "imagenet"), "SBATCH_PARTITION": "gpu"}
+    result = dry_run(roots, "paper.yaml", env, "--profile", str(REPO / "profiles" / "slurm"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    rule, resources = None, {}
+    for line in result.stdout.splitlines():
+        if line.startswith("rule "):
+            rule = line.split()[1].rstrip(":")
+        elif line.strip().startswith("resources:") and rule:
+            resources.setdefault(rule, line.split(":", 1)[1])
+    assert "gpu=1" in resources["train_model"] and "gpu=1" in resources["invert_images"]
+    assert "gpu=" not in resources["compute_similarity"]
+    assert "slurm_partition=gpu" in resources["train_model"]
+    # The paper config's own sizes: a day of training per ImageNet100 model.
+    assert "runtime=" in resources["train_model"] and "mem_mb=" in resources["train_model"]
 
 
 def test_unset_imagenet_root_is_named(roots: Path) -> None:
