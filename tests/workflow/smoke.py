@@ -12,6 +12,17 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "tests" / "workflow" / "config.smoke.yaml"
 STUDY = "smoke"
+# The figures every study produces (rules/common.smk FIGURES), by file name.
+FIGURES = (
+    "fig1_predictive_regular",
+    "fig2_inversions",
+    "fig3_predictive_inverted",
+    "fig4_representational",
+    "fig5_agreement_subsets",
+    "fig6_probes",
+    "fig7_agreement_bounds",
+    "fig8_jaccard_k",
+)
 
 
 def command(workdir: Path, config: Path, *args: str) -> list[str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from smoke import REPO, STUDY, planned_jobs, snakemake, write_config
+from smoke import FIGURES, REPO, STUDY, planned_jobs, snakemake, write_config
 
 from robuniv import io
 
@@ -19,16 +19,7 @@ pytestmark = pytest.mark.workflow
 
 def test_whole_dag_produces_every_figure_and_table(smoke_runs: list[Path]) -> None:
     results = smoke_runs[0] / "results" / STUDY
-    for name in (
-        "fig1_predictive_regular",
-        "fig2_inversions",
-        "fig3_predictive_inverted",
-        "fig4_representational",
-        "fig5_agreement_subsets",
-        "fig6_probes",
-        "fig7_agreement_bounds",
-        "fig8_jaccard_k",
-    ):
+    for name in FIGURES:
         assert (results / "figures" / f"{name}.pdf").read_bytes().startswith(b"%PDF")
         assert (results / "figures" / f"{name}.png").read_bytes().startswith(b"\x89PNG")
     similarity = io.read_table(results / "tables" / "similarity.tsv")
