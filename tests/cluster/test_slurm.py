@@ -194,9 +194,13 @@ def test_apptainer_plumbing_through_slurm_gives_gpu_rules_nv(slurm_run, tmp_path
     env = {
         "PATH": f"{REPO / 'tests' / 'cluster' / 'bin'}:{os.environ['PATH']}",
         "ROBUNIV_APPTAINER_LOG": str(calls),
+        "ROBUNIV_IMAGE_BIN": str(Path(sys.executable).parent),
     }
-    targets = ["results/smoke/models/resnet18/eps0/run0.pt", "results/smoke/tables/probes.tsv"]
-    result = run_slurm(workdir, config, "--sdm", "apptainer", "-f", *targets, env=env)
+    # One cluster job (a GPU rule) and one local rule, both forced.
+    targets = ["results/smoke/models/resnet18/eps0/run0.pt", "results/smoke/inputs/regular.tsv"]
+    # mtime only: a new software environment (the image) would otherwise rerun everything.
+    args = ["--sdm", "apptainer", "--rerun-triggers", "mtime", "-f", *targets]
+    result = run_slurm(workdir, config, *args, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     execs = [line for line in calls.read_text().splitlines() if " exec " in line]
     assert any("pull" in line for line in calls.read_text().splitlines())
