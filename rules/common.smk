@@ -192,7 +192,6 @@ def model_params(wildcards):
 # executor's --gpus) unless the config says device: cpu; every other rule asks for none.
 GPU_RULES = {
     "train_model",
-    "import_checkpoint",
     "evaluate_model",
     "invert_images",
     "extract_activations",
