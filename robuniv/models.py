@@ -25,11 +25,8 @@ from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
-from torchvision.models import densenet as tv_densenet
-from torchvision.models import vgg as tv_vgg
-from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
-
 from robuniv.io import atomic_path
+from robuniv.nets import VGG16_LAYERS, BasicBlock, Bottleneck, DenseNet, conv1x1, vgg_features
 from robuniv.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -175,7 +172,7 @@ def _build_densenet(
     adapt_stem: bool,
     in_channels: int,
 ) -> nn.Module:
-    net = tv_densenet.DenseNet(
+    net = DenseNet(
         growth_rate=_scaled(growth_rate, width),
         block_config=block_config,
         num_init_features=_scaled(num_init_features, width),
@@ -202,9 +199,8 @@ def _build_vgg(
     # The robustness library's CIFAR vgg16 has batch norm (without it VGG-16 does not train
     # at lr 0.1), so the CIFAR variant of "vgg16" has it too and equals "vgg16_bn" there.
     batch_norm = batch_norm or variant == "cifar"
-    cfg = [v if v == "M" else _scaled(v, width) for v in tv_vgg.cfgs["D"]]
-    features = tv_vgg.make_layers(cfg, batch_norm=batch_norm)
-    features[0] = nn.Conv2d(in_channels, cfg[0], kernel_size=3, padding=1)
+    cfg = [v if v == "M" else _scaled(v, width) for v in VGG16_LAYERS]
+    features = vgg_features(cfg, batch_norm=batch_norm, in_channels=in_channels)
     channels = cfg[-2]
     if adapt_stem:
         # 32x32 inputs leave a 1x1 map after five max-pools: no pooling, one Linear.
@@ -380,6 +376,12 @@ class InputNormalize(nn.Module):
 
     Buffers `new_mean`/`new_std` have shape (C, 1, 1) and the robustness library's names, so
     its checkpoints' normaliser entries load into this module.
+
+    The clamp passes gradients straight through. `torch.clamp`'s own gradient is 0 at
+    exactly 0 and 1, so with it every pixel at a bound is frozen for PGD and inversion:
+    Fashion-MNIST's black background (half of each image) could never change, and every
+    pixel an attack or inversion step clamps to a bound stayed there. Inputs in [0, 1] get
+    the same outputs either way.
     """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
@@ -390,7 +392,8 @@ class InputNormalize(nn.Module):
         self.register_buffer("new_std", torch.as_tensor(std, dtype=torch.float32)[:, None, None])
 
     def forward(self, x: Tensor) -> Tensor:
-        return (x.clamp(0, 1) - self.new_mean) / self.new_std
+        x = x + (x.clamp(0, 1) - x).detach()
+        return (x - self.new_mean) / self.new_std
 
 
 class RobustModel(nn.Module):

@@ -20,10 +20,10 @@ from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
-from scipy.spatial.distance import pdist, squareform
 from scipy.special import rel_entr
 from tqdm import tqdm
 
+from robuniv import rtd as _rtd
 from robuniv.log import progress_kwargs
 from robuniv.registry import Registry
 
@@ -34,9 +34,6 @@ Indices = npt.NDArray[np.intp]
 MeasureKind = Literal["representational", "predictive"]
 
 INVARIANCES = frozenset({"orthogonal", "isotropic_scaling", "translation"})
-# RTD divides each distance matrix by this quantile of its entries (SPEC 5, as Barannikov et
-# al.'s code), which makes RTD invariant to isotropic scaling.
-RTD_QUANTILE = 0.9
 # Float64 entries per block of cosine similarities (32 MiB): N = 10,000 never needs N x N at once.
 KNN_BLOCK_ENTRIES = 1 << 22
 
@@ -154,8 +151,8 @@ class _Rep:
         """Per trial, the normalised distance matrix of the trial's rows (batch x batch)."""
         key = (opts.rtd_trials, opts.rtd_batch, opts.rtd_seed)
         if key not in self._rtd:
-            rows = _rtd_trial_rows(self.n, opts)
-            self._rtd[key] = [_normalised_distances(self.x[r], self.name) for r in rows]
+            rows = _rtd.trial_rows(self.n, opts.rtd_trials, opts.rtd_batch, opts.rtd_seed)
+            self._rtd[key] = [_rtd.normalised_distances(self.x[r], self.name) for r in rows]
         return self._rtd[key]
 
 
@@ -268,49 +265,11 @@ def _jaccard_pair(p: _Pair, opts: Options) -> float:
     return float(np.mean(shared / (2 * k - shared)))
 
 
-def _rtd_trial_rows(n: int, opts: Options) -> list[Indices]:
-    """The rows of each RTD trial: the same for every matrix with n rows (SPEC 5, seeded)."""
-    rng = np.random.default_rng(opts.rtd_seed)
-    return [rng.choice(n, size=opts.rtd_batch, replace=False) for _ in range(opts.rtd_trials)]
-
-
-def _normalised_distances(x: np.ndarray, name: str) -> Matrix:
-    # pdist, not a Gram-matrix shortcut: exact zeros on the diagonal, exact symmetry, no
-    # cancellation for close points.
-    d = squareform(pdist(x.astype(np.float64)))
-    q = float(np.quantile(d, RTD_QUANTILE))
-    if not q > 0:
-        raise ValueError(
-            f"{name}: the {RTD_QUANTILE} quantile of the RTD rows' distances is 0 (mostly "
-            "duplicate rows); rtd is undefined"
-        )
-    return d / q
-
-
-def _h1_total(a: Matrix, b: Matrix) -> float:
-    """Sum of finite H1 bar lengths of the matrix [[0, A^T], [A, min(A, B)]] (Barannikov et al.)."""
-    n = a.shape[0]
-    m = np.zeros((2 * n, 2 * n))
-    m[n:, :n] = a
-    m[:n, n:] = a.T
-    m[n:, n:] = np.minimum(a, b)
-    import gph  # imports scikit-learn (about 1 s): only jobs that compute RTD pay for it
-
-    # collapse_edges=True takes minutes on this matrix instead of about a second (NOTES).
-    bars = gph.ripser_parallel(
-        m, maxdim=1, metric="precomputed", collapse_edges=False, n_threads=1
-    )["dgms"][1]
-    # giotto-ph filters in float32 (so RTD carries about 7 significant digits); sum in float64.
-    bars = bars.astype(np.float64)
-    finite = np.isfinite(bars[:, 1])
-    return float(np.sum(bars[finite, 1] - bars[finite, 0]))
-
-
 def _rtd_pair(p: _Pair, opts: Options) -> float:
     lengths = [
         direction
         for a, b in zip(p.a.rtd_distances(opts), p.b.rtd_distances(opts))
-        for direction in (_h1_total(a, b), _h1_total(b, a))
+        for direction in (_rtd.h1_total(a, b), _rtd.h1_total(b, a))
     ]
     # fsum is exact, so rtd(X, Y) == rtd(Y, X) to the last bit.
     return math.fsum(lengths) / len(lengths)

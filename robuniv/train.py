@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import time
 from collections.abc import Mapping
@@ -34,6 +35,8 @@ from robuniv.models import RobustModel, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 
+LR_SCHEDULES = ("step", "warmup_cosine")
+
 # Keys train_model itself writes into the checkpoint's robuniv metadata.
 _OWN_EXTRA_KEYS = ("train_config", "history", "rng", "scaler")
 
@@ -44,6 +47,11 @@ class TrainConfig:
 
     `attack_step_size=None` means 2/3 * eps; `eps=0` is standard training. `amp` trains in
     bfloat16 autocast on CPU, float16 with a GradScaler on CUDA.
+
+    `lr_schedule` "step" multiplies the learning rate by `lr_gamma` every `lr_step_epochs`
+    epochs (the paper's). "warmup_cosine" changes it after every batch: linear warm-up
+    from 0 over the first `warmup_fraction` of all steps, then cosine decay to 0; short runs
+    (a few hundred steps) need the warm-up to stay stable at lr 0.1 and the decay to end well.
     """
 
     epochs: int
@@ -55,6 +63,8 @@ class TrainConfig:
     weight_decay: float = 5e-4
     lr_step_epochs: int = 30
     lr_gamma: float = 0.1
+    lr_schedule: str = "step"
+    warmup_fraction: float = 0.1
     attack_steps: int = 3
     attack_step_size: float | None = None
     num_workers: int = 0
@@ -78,6 +88,12 @@ class TrainConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if not self.eps >= 0:
             raise ValueError(f"eps must be >= 0, got {self.eps!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(
+                f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}"
+            )
+        if not 0 <= self.warmup_fraction < 1:
+            raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction!r}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
         if not self.weight_decay >= 0:
@@ -147,6 +163,26 @@ def _restore(
     return list(meta["history"])
 
 
+def _lr_schedule(
+    optimizer: torch.optim.Optimizer, config: TrainConfig, *, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The learning-rate schedule of `config.lr_schedule` (see `TrainConfig`)."""
+    if config.lr_schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=config.lr_step_epochs, gamma=config.lr_gamma
+        )
+    total = max(1, config.epochs * steps_per_epoch)
+    warmup = round(config.warmup_fraction * total)
+
+    def factor(step: int) -> float:
+        # Step `step` is the (step + 1)-th batch: warm-up never trains at lr 0.
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 def _world_size() -> int:
     """Number of processes torchrun started (1 outside torchrun)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
@@ -161,8 +197,11 @@ def _train_epoch(
     device: torch.device,
     epoch: int,
     step_module: nn.Module | None = None,
+    batch_schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> dict[str, float]:
     """One pass over the data; returns the epoch's history entry.
+
+    `batch_schedule`, where given, steps after every batch (per-step schedules).
 
     `step_module` (default `model`) computes the logits trained on, e.g. a
     DistributedDataParallel wrapper of `model`, whose ranks then sum the metrics; the attack
@@ -199,6 +238,8 @@ def _train_epoch(
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+        if batch_schedule is not None:
+            batch_schedule.step()
         with torch.no_grad():
             correct = logits.argmax(1) == y
             clean_correct = clean_logits.argmax(1) == y if config.eps > 0 else correct
@@ -316,9 +357,6 @@ def _train(
     optimizer = torch.optim.SGD(
         model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
-    schedule = torch.optim.lr_scheduler.StepLR(
-        optimizer, step_size=config.lr_step_epochs, gamma=config.lr_gamma
-    )
     scaler = torch.amp.GradScaler(dev.type, enabled=config.amp and dev.type == "cuda")
     generator = torch.Generator().manual_seed(config.seed)
     # No persistent workers: a restarted job re-seeds its workers from the loader's generator
@@ -353,6 +391,8 @@ def _train(
             drop_last=False,
             generator=generator,
         )
+    schedule = _lr_schedule(optimizer, config, steps_per_epoch=len(loader))
+    per_batch = config.lr_schedule != "step"
     train_config = dataclasses.asdict(config)
     rng_devices = (
         []
@@ -374,9 +414,18 @@ def _train(
             if sampler is not None:
                 sampler.set_epoch(epoch)
             entry = _train_epoch(
-                model, loader, optimizer, scaler, config, dev, epoch, step_module=step_module
+                model,
+                loader,
+                optimizer,
+                scaler,
+                config,
+                dev,
+                epoch,
+                step_module=step_module,
+                batch_schedule=schedule if per_batch else None,
             )
-            schedule.step()
+            if not per_batch:
+                schedule.step()
             history.append(entry)
             log.info(
                 "epoch %d/%d: loss %.4f, clean acc %.4f, adv acc %.4f, %.0f img/s, lr %.4g",

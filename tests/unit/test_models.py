@@ -124,6 +124,33 @@ def test_full_size_imagenet_layout_equals_torchvision(arch: str) -> None:
     assert [(k, v.shape) for k, v in ours.items()] == [(k, v.shape) for k, v in reference.items()]
 
 
+@pytest.mark.parametrize("arch", ["resnet18", "resnext50_32x4d", "densenet161", "vgg16_bn"])
+def test_torchvision_weights_give_torchvision_outputs(arch: str) -> None:
+    # robuniv.nets re-implements torchvision's blocks (to spare every job importing
+    # torchvision): the same weights must give the same logits, not just the same layout.
+    torch.manual_seed(0)
+    reference = torchvision_reference(arch).eval()
+    ours = build_model(ModelSpec(arch, 1000)).model.eval()
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), reference(x), rtol=0, atol=0)
+
+
+def test_model_building_does_not_import_torchvision() -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, robuniv.models, robuniv.pipeline;"
+        "print(sorted(m for m in sys.modules if m.startswith('torchvision')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
+
+
 def test_wide_resnet50_4_has_223_4m_parameters() -> None:
     with torch.device("meta"):
         assert count_parameters(build_model(ModelSpec("wide_resnet50_4", 1000))) == 223_439_144
