@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from robuniv.attacks import AMP_DTYPE
 from robuniv.log import progress_kwargs
 from robuniv.models import RobustModel, features_and_logits
 
@@ -24,14 +25,18 @@ def extract(
     batch_size: int = 256,
     device: str = "cpu",
     num_workers: int = 0,
+    amp: bool = False,
+    channels_last: bool = False,
     desc: str = "activations",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Features (N x D) and logits (N x C) of a dataset of (image in [0, 1], label), float32.
 
     Streams batches (ImageNet-sized sets do not fit in memory at once); one forward
-    pass per batch yields both, in eval mode, in dataset order.
+    pass per batch yields both, in eval mode, in dataset order. `amp` runs the network under
+    bfloat16 autocast (results stored as float32), `channels_last` in that memory format.
     """
-    model = model.to(device).eval()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format).eval()
     loader = DataLoader(
         images,
         batch_size=batch_size,
@@ -41,7 +46,9 @@ def extract(
     )
     features, logits = [], []
     for x, _ in tqdm(loader, desc=desc, **progress_kwargs()):
-        f, z = features_and_logits(model, x.to(device, non_blocking=True), layer)
+        x = x.to(device, non_blocking=True, memory_format=memory_format)
+        with torch.autocast(x.device.type, dtype=AMP_DTYPE, enabled=amp):
+            f, z = features_and_logits(model, x, layer)
         features.append(f.float().cpu().numpy())
         logits.append(z.float().cpu().numpy())
     return np.concatenate(features), np.concatenate(logits)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -19,13 +19,13 @@ import numpy as np
 import pandas as pd
 
 from robuniv.config import ModelKey
+from robuniv.groups import activation_group, input_group
 from robuniv.similarity import MEASURES, compare_pairs
 
 log = logging.getLogger(__name__)
 
 InputKind = Literal["regular", "inverted"]
 INPUT_KINDS: tuple[str, ...] = ("regular", "inverted")
-REGULAR_GROUP = "regular"
 
 SIMILARITY_COLUMNS = (
     "study",
@@ -41,19 +41,6 @@ SIMILARITY_COLUMNS = (
     "k",
     "value",
 )
-
-
-def inverted_group_name(source_name: str) -> str:
-    """HDF5 group of a model's activations on the inverted images of model `source_name`."""
-    return f"inverted/{source_name}"
-
-
-def inverted_group(source: ModelKey) -> str:
-    return inverted_group_name(source.name)
-
-
-def input_group(source: ModelKey | None) -> str:
-    return REGULAR_GROUP if source is None else inverted_group(source)
 
 
 @dataclass(frozen=True)
@@ -72,14 +59,36 @@ def comparisons(models: Sequence[ModelKey], inputs: str) -> list[Comparison]:
     return [Comparison(a, b, source) for a, b in pairs for source in (a, b)]
 
 
-def _dataset_for(measure: str) -> str:
-    return "logits" if MEASURES.get(measure).kind == "predictive" else "features"
+def _read_matrices(
+    path: str | Path, keys: Sequence[tuple[ModelKey, ModelKey | None]], dataset: str
+) -> dict[tuple[ModelKey, str], np.ndarray]:
+    """`dataset` ("features" or "logits") of each (model, source) group of one activation file.
+
+    Raises unless every model saw the same inputs in the same order on each input set.
+    """
+    matrices: dict[tuple[ModelKey, str], np.ndarray] = {}
+    indices: dict[str, np.ndarray] = {}
+    with h5py.File(path, "r") as fh:
+        for model, source in keys:
+            group = activation_group(model, source)
+            if group not in fh:
+                raise KeyError(
+                    f"{path} has no activations of {model.name} on {input_group(source)!r}"
+                )
+            matrices[(model, input_group(source))] = fh[group][dataset][()]
+            rows = fh[group]["indices"][()]
+            known = indices.setdefault(input_group(source), rows)
+            if not np.array_equal(known, rows):
+                # Both models must see the same images in the same order, or the comparison is void.
+                raise ValueError(f"{path}: rows of {group!r} differ from other models'")
+    return matrices
 
 
 def similarity_table(
-    activations: Mapping[ModelKey, str | Path],
+    activations: str | Path,
+    models: Sequence[ModelKey],
     inputs: str,
-    measure: str,
+    measures: Sequence[str],
     *,
     study: str,
     eps: float,
@@ -88,36 +97,39 @@ def similarity_table(
     rtd_batch: int = 500,
     rtd_seed: int = 0,
 ) -> pd.DataFrame:
-    """One measure over all comparisons of the given models on one input kind, as tidy rows."""
-    models = sorted(activations)
+    """Every measure over all comparisons of `models` on one input kind, as tidy rows.
+
+    `activations` is the eps's activation file. One `compare_pairs` call per kind of
+    matrix (features, logits) computes all measures of that kind, so per-model work (centring,
+    k-NN graphs, softmax) and per-pair work (one cross product for cka, cka_unbiased and
+    procrustes_sim) is done once for all of them.
+    """
     plan = comparisons(models, inputs)
-    dataset = _dataset_for(measure)
+    kinds = {
+        kind: [m for m in measures if _dataset_for(m) == kind] for kind in ("features", "logits")
+    }
     pairs = [((c.a, input_group(c.source)), (c.b, input_group(c.source))) for c in plan]
-    needed = sorted({key for pair in pairs for key in pair})
-    matrices: dict[tuple[ModelKey, str], np.ndarray] = {}
-    indices: dict[str, np.ndarray] = {}
-    for model, group in needed:
-        with h5py.File(activations[model], "r") as fh:
-            if group not in fh:
-                raise KeyError(f"{activations[model]} has no activations for input set {group!r}")
-            matrices[(model, group)] = fh[group][dataset][()]
-            rows = fh[group]["indices"][()]
-        if group in indices and not np.array_equal(indices[group], rows):
-            # Both models must see the same images in the same order, or the comparison is void.
-            raise ValueError(f"{activations[model]}: rows of {group!r} differ from other models'")
-        indices.setdefault(group, rows)
-    log.info("%s on %s inputs at eps %g: %d comparisons", measure, inputs, eps, len(pairs))
-    results = compare_pairs(
-        matrices,
-        pairs,
-        [measure],
-        jaccard_k=jaccard_k,
-        rtd_trials=rtd_trials,
-        rtd_batch=rtd_batch,
-        rtd_seed=rtd_seed,
-        progress=True,
-    )
+    keys = list(dict.fromkeys((m, c.source) for c in plan for m in (c.a, c.b)))
+    results = []
+    for dataset, kind_measures in kinds.items():
+        if not kind_measures:
+            continue
+        matrices = _read_matrices(activations, keys, dataset)
+        log.info(
+            "%s on %s inputs at eps %g: %d comparisons", kind_measures, inputs, eps, len(pairs)
+        )
+        results += compare_pairs(
+            matrices,
+            pairs,
+            kind_measures,
+            jaccard_k=jaccard_k,
+            rtd_trials=rtd_trials,
+            rtd_batch=rtd_batch,
+            rtd_seed=rtd_seed,
+            progress=True,
+        )
     source_of = {(c.a, c.b, input_group(c.source)): c.source for c in plan}
+    order = {name: i for i, name in enumerate(measures)}
     records = []
     for row in results:
         (a, group), (b, _) = row["a"], row["b"]
@@ -138,4 +150,13 @@ def similarity_table(
                 "value": float(row["value"]),
             }
         )
-    return pd.DataFrame.from_records(records, columns=list(SIMILARITY_COLUMNS))
+    table = pd.DataFrame.from_records(records, columns=list(SIMILARITY_COLUMNS))
+    # One row order whatever the measure kinds: by measure as configured, then comparison.
+    table["_order"] = table["measure"].map(order)
+    return (
+        table.sort_values(["_order"], kind="stable").drop(columns="_order").reset_index(drop=True)
+    )
+
+
+def _dataset_for(measure: str) -> str:
+    return "logits" if MEASURES.get(measure).kind == "predictive" else "features"

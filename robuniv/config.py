@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,11 @@ class ModelKey:
     def name(self) -> str:
         """Group name used for this model's inverted set inside activation files."""
         return f"{self.arch}/run{self.run}"
+
+
+def model_keys(rows: Iterable[Sequence[Any]]) -> list[ModelKey]:
+    """ModelKeys from [arch, eps, run] rows, the form rule params carry them in."""
+    return [ModelKey(str(arch), float(eps), int(run)) for arch, eps, run in rows]
 
 
 # Leading columns of every per-pair table (similarity subsets, probes, agreement bounds).

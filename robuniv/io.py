@@ -95,6 +95,39 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot record {type(value).__name__} in provenance: {value!r}")
 
 
+@contextlib.contextmanager
+def h5_writer(path: str | Path, meta: Mapping[str, Any]) -> Iterator[h5py.File]:
+    """An HDF5 file to fill group by group, renamed to `path` only when the block succeeds.
+
+    `meta` is the file's provenance (JSON attribute). Large outputs (a study's activations
+    per eps) are written as they are computed instead of being held in memory.
+    """
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as fh:
+        fh.attrs[PROVENANCE_ATTR] = to_json(meta)
+        yield fh
+
+
+def set_meta(node: h5py.Group, meta: Mapping[str, Any]) -> None:
+    node.attrs[PROVENANCE_ATTR] = to_json(meta)
+
+
+def write_group(
+    fh: h5py.File,
+    group_name: str,
+    arrays: Mapping[str, np.ndarray],
+    meta: Mapping[str, Any] | None = None,
+) -> None:
+    """Datasets `arrays` in group `group_name` ("" or "/" for the root), with provenance `meta`.
+
+    No object timestamps (track_times=False): the same arrays give the same bytes.
+    """
+    group = fh.require_group(group_name) if group_name.strip("/") else fh
+    if meta:
+        set_meta(group, meta)
+    for name, array in arrays.items():
+        group.create_dataset(name, data=np.asarray(array), track_times=False)
+
+
 def write_h5(
     path: str | Path,
     groups: Mapping[str, Mapping[str, np.ndarray]],
@@ -105,14 +138,9 @@ def write_h5(
 
     Use group "" (or "/") for datasets at the root.
     """
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as fh:
-        fh.attrs[PROVENANCE_ATTR] = to_json(meta)
+    with h5_writer(path, meta) as fh:
         for group_name, arrays in groups.items():
-            group = fh.require_group(group_name) if group_name.strip("/") else fh
-            if group_meta and group_name in group_meta:
-                group.attrs[PROVENANCE_ATTR] = to_json(group_meta[group_name])
-            for name, array in arrays.items():
-                group.create_dataset(name, data=np.asarray(array))
+            write_group(fh, group_name, arrays, (group_meta or {}).get(group_name))
 
 
 def read_h5(path: str | Path, group: str = "/") -> dict[str, np.ndarray]:

@@ -25,6 +25,7 @@ from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
+
 from robuniv.io import atomic_path
 from robuniv.nets import VGG16_LAYERS, BasicBlock, Bottleneck, DenseNet, conv1x1, vgg_features
 from robuniv.registry import Registry
@@ -418,11 +419,16 @@ class RobustModel(nn.Module):
         return self.model(self.normalizer(x))
 
 
-def build_model(spec: ModelSpec, *, seed: int | None = None) -> RobustModel:
+def build_model(
+    spec: ModelSpec, *, seed: int | None = None, zero_init_residual: bool = False
+) -> RobustModel:
     """A freshly initialised model on the CPU (torchvision's init per family).
 
     With `seed`, initialisation uses its own generator state, so equal seeds give equal
-    weights and the global torch RNG is left untouched.
+    weights and the global torch RNG is left untouched. `zero_init_residual` starts each
+    residual block's last BatchNorm scale at 0 (torchvision's option of the same name), so
+    every block starts as the identity: deep ResNets (ResNeXt-50) then train in a few
+    hundred steps. Other families have no residual blocks and ignore it.
     """
     arch = ARCHITECTURES.get(spec.arch)
     with torch.random.fork_rng(devices=[], enabled=seed is not None):
@@ -435,6 +441,12 @@ def build_model(spec: ModelSpec, *, seed: int | None = None) -> RobustModel:
             adapt_stem=spec.stem_adapted,
             in_channels=spec.in_channels,
         )
+    if zero_init_residual:
+        for module in net.modules():
+            if isinstance(module, Bottleneck):
+                nn.init.zeros_(module.bn3.weight)
+            elif isinstance(module, BasicBlock):
+                nn.init.zeros_(module.bn2.weight)
     return RobustModel(spec, net)
 
 

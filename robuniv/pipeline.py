@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +19,13 @@ import torch
 from robuniv import io
 from robuniv.activations import extract
 from robuniv.attacks import invert, to_uint8
-from robuniv.compare import REGULAR_GROUP, inverted_group_name
+from robuniv.config import ModelKey
 from robuniv.data import DATASETS, ImageArrayDataset, load_labels, open_split, sample_indices
+from robuniv.groups import REGULAR_GROUP, activation_group, inverted_group
 from robuniv.inputs import inversion_pairs, regular_inputs
 from robuniv.models import (
     ModelSpec,
+    RobustModel,
     build_model,
     count_parameters,
     default_layer,
@@ -93,12 +95,14 @@ def train_stage(
         weight_decay=train["weight_decay"],
         lr_step_epochs=train["lr_step_epochs"],
         lr_gamma=train["lr_gamma"],
+        lr_schedule=train["lr_schedule"],
+        warmup_fraction=train["warmup_fraction"],
         attack_steps=train["attack_steps"],
         num_workers=train["num_workers"],
         amp=train["amp"],
         channels_last=train["channels_last"],
     )
-    net = build_model(spec, seed=seed)
+    net = build_model(spec, seed=seed, zero_init_residual=train["zero_init_residual"])
     log.info(
         "training %s (%d parameters) at eps %g, run %d, on %d images",
         arch,
@@ -125,38 +129,50 @@ def train_stage(
 
 def evaluate_stage(
     *,
-    checkpoint: str | Path,
-    eps: float,
-    run: int,
+    checkpoints: Mapping[ModelKey, str | Path],
     dataset: Mapping[str, Any],
     evaluate: Mapping[str, Any],
     device: str,
 ) -> pd.DataFrame:
-    """Clean and adversarial accuracy of one model (SPEC 2; eps = 0 models attacked at 0.25)."""
-    model, _ = load_checkpoint(checkpoint, map_location=device)
+    """Clean and adversarial accuracy of every model given (SPEC 2; eps = 0 models at 0.25).
+
+    The evaluation images are decoded once for all models: one job per eps, not per model.
+    """
     labels = load_labels(dataset["name"], dataset["root"], "eval")
     subset = sample_indices(len(labels), evaluate["n_images"], seed=evaluate["seed"])
     eval_set = open_split(dataset["name"], dataset["root"], "eval", indices=subset)
-    attack_eps = float(eps) if eps > 0 else float(evaluate["standard_attack_eps"])
-    result = evaluate_model(
-        model,
-        eval_set,
-        eps=attack_eps,
-        attack_steps=evaluate["attack_steps"],
-        batch_size=evaluate["batch_size"],
-        device=device,
-    )
-    row = {
-        "arch": model.spec.arch,
-        "run": int(run),
-        "eps": float(eps),
-        "params": count_parameters(model),
-        "n": result["n"],
-        "clean_acc": result["clean_acc"],
-        "adv_acc": result["adv_acc"],
-        "attack_eps": attack_eps,
-    }
-    return pd.DataFrame([row], columns=list(EVALUATION_COLUMNS))
+    rows = []
+    for key, checkpoint in sorted(checkpoints.items()):
+        model, _ = load_checkpoint(checkpoint, map_location=device)
+        attack_eps = key.eps if key.eps > 0 else float(evaluate["standard_attack_eps"])
+        result = evaluate_model(
+            model,
+            eval_set,
+            eps=attack_eps,
+            attack_steps=evaluate["attack_steps"],
+            batch_size=evaluate["batch_size"],
+            device=device,
+        )
+        log.info(
+            "%s at eps %g: clean %.4f, adversarial %.4f",
+            key.name,
+            key.eps,
+            result["clean_acc"],
+            result["adv_acc"],
+        )
+        rows.append(
+            {
+                "arch": key.arch,
+                "run": key.run,
+                "eps": key.eps,
+                "params": count_parameters(model),
+                "n": result["n"],
+                "clean_acc": result["clean_acc"],
+                "adv_acc": result["adv_acc"],
+                "attack_eps": attack_eps,
+            }
+        )
+    return pd.DataFrame(rows, columns=list(EVALUATION_COLUMNS))
 
 
 def sample_stage(
@@ -211,6 +227,8 @@ def invert_stage(
             momentum=inversion["momentum"],
             batch_size=inversion["batch_size"],
             device=device,
+            amp=inversion["amp"],
+            channels_last=inversion["channels_last"],
         )
         images.append(to_uint8(result.images))
         losses.append(result.loss)
@@ -259,58 +277,85 @@ def inversion_examples(
     }
 
 
+def _load_models(
+    checkpoints: Mapping[ModelKey, str | Path], layers: Mapping[str, str], device: str
+) -> dict[ModelKey, tuple[RobustModel, str]]:
+    """Every model of a job with its feature layer, loaded once for all its input sets."""
+    loaded = {}
+    for key, checkpoint in sorted(checkpoints.items()):
+        model, _ = load_checkpoint(checkpoint, map_location=device)
+        loaded[key] = (model, layer_for(model.spec, layers))
+    return loaded
+
+
 def activations_stage(
     *,
-    checkpoint: str | Path,
+    checkpoints: Mapping[ModelKey, str | Path],
     regular: pd.DataFrame,
-    inverted: Mapping[str, str | Path],
+    inverted: Mapping[ModelKey, str | Path],
     dataset: Mapping[str, Any],
-    batch_size: int,
+    extraction: Mapping[str, Any],
     layers: Mapping[str, str],
     device: str,
     output: str | Path,
     provenance: Mapping[str, Any],
 ) -> None:
-    """Features and logits of one model on the regular images and on every inverted set (SPEC 4).
+    """Features and logits of every model of one eps on the regular images and on every
+    inverted set of that eps (SPEC 4), into one HDF5 file.
 
-    `inverted` maps a source model's name (`arch/runR`) to its inverted-image file; each
-    (model, input set) forward pass happens here and nowhere else.
+    Group `activation_group(model, source)` holds one (model, input set) pair. Each input
+    set is decoded or read once and passed through every model: one job per eps, so the
+    regular images are decoded once, not once per model.
     """
-    model, _ = load_checkpoint(checkpoint, map_location=device)
-    layer = layer_for(model.spec, layers)
-    sets: dict[str, tuple[Any, np.ndarray, dict[str, Any]]] = {
-        REGULAR_GROUP: (
+    models = _load_models(checkpoints, layers, device)
+    sources: list[tuple[ModelKey | None, Any, np.ndarray, dict[str, Any]]] = [
+        (
+            None,
             open_split(
                 dataset["name"], dataset["root"], "eval", indices=regular["index"].to_numpy()
             ),
             regular["index"].to_numpy(np.int64),
             {"input_set": REGULAR_GROUP},
         )
-    }
+    ]
     for source, path in sorted(inverted.items()):
         stored = io.read_h5(path)
-        sets[inverted_group_name(source)] = (
-            ImageArrayDataset(stored["images"], stored["target_label"]),
-            stored["target_index"],
-            {
-                "input_set": inverted_group_name(source),
-                "inverted_file_sha256": io.sha256_file(path),
-            },
+        sources.append(
+            (
+                source,
+                ImageArrayDataset(stored["images"], stored["target_label"]),
+                stored["target_index"],
+                {"input_set": inverted_group(source), "inverted_file_sha256": io.sha256_file(path)},
+            )
         )
-    groups: dict[str, dict[str, np.ndarray]] = {}
-    group_meta: dict[str, dict[str, Any]] = {}
-    for group, (images, indices, meta) in sets.items():
-        features, logits = extract(
-            model, images, layer=layer, batch_size=batch_size, device=device, desc=group
-        )
-        groups[group] = {
-            "features": features,
-            "logits": logits,
-            "labels": images.labels,
-            "indices": indices,
-        }
-        group_meta[group] = meta
-    io.write_h5(output, groups, {**provenance, "layer": layer}, group_meta=group_meta)
+    with io.h5_writer(output, provenance) as fh:
+        for key, (_, layer) in models.items():
+            io.set_meta(
+                fh.require_group(key.name), {"layer": layer, **_checkpoint_meta(checkpoints[key])}
+            )
+        for source, images, indices, meta in sources:
+            for key, (model, layer) in models.items():
+                features, logits = extract(
+                    model,
+                    images,
+                    layer=layer,
+                    batch_size=extraction["batch_size"],
+                    device=device,
+                    amp=extraction["amp"],
+                    channels_last=extraction["channels_last"],
+                    desc=f"{key.name} on {meta['input_set']}",
+                )
+                arrays = {
+                    "features": features,
+                    "logits": logits,
+                    "labels": images.labels,
+                    "indices": indices,
+                }
+                io.write_group(fh, activation_group(key, source), arrays, meta)
+
+
+def _checkpoint_meta(path: str | Path) -> dict[str, str]:
+    return {"checkpoint_sha256": io.sha256_file(path)}
 
 
 PROBE_TRAIN_GROUP = "train"
@@ -318,34 +363,45 @@ PROBE_TRAIN_GROUP = "train"
 
 def probe_features_stage(
     *,
-    checkpoint: str | Path,
+    checkpoints: Mapping[ModelKey, str | Path],
     dataset: Mapping[str, Any],
     n_train: int | None,
     seed: int,
-    batch_size: int,
+    extraction: Mapping[str, Any],
     layers: Mapping[str, str],
     device: str,
     output: str | Path,
     provenance: Mapping[str, Any],
 ) -> None:
-    """Penultimate features of a seeded training-split sample, once per model (Fig 6).
+    """Penultimate features of a seeded training-split sample for every model of one eps (Fig 6).
 
-    Every model of a study sees the same rows (the sample depends on the seed only).
+    Every model sees the same rows (the sample depends on the seed only); the sample is
+    decoded once for all of them. Group `<model>/train` per model.
     """
-    model, _ = load_checkpoint(checkpoint, map_location=device)
-    layer = layer_for(model.spec, layers)
+    models = _load_models(checkpoints, layers, device)
     name, root = dataset["name"], dataset["root"]
     rows = sample_indices(len(load_labels(name, root, "train")), n_train, seed=seed)
     split = open_split(name, root, "train", indices=rows)
-    features, _ = extract(
-        model, split, layer=layer, batch_size=batch_size, device=device, desc="train split"
-    )
-    arrays = {"features": features, "labels": split.labels, "indices": rows}
-    io.write_h5(output, {PROBE_TRAIN_GROUP: arrays}, {**provenance, "layer": layer})
+    with io.h5_writer(output, provenance) as fh:
+        for key, (model, layer) in models.items():
+            features, _ = extract(
+                model,
+                split,
+                layer=layer,
+                batch_size=extraction["batch_size"],
+                device=device,
+                amp=extraction["amp"],
+                channels_last=extraction["channels_last"],
+                desc=f"{key.name} on the train split",
+            )
+            arrays = {"features": features, "labels": split.labels, "indices": rows}
+            meta = {"layer": layer, **_checkpoint_meta(checkpoints[key])}
+            io.write_group(fh, f"{key.name}/{PROBE_TRAIN_GROUP}", arrays, meta)
 
 
-def train_probe_stage(
+def train_probes_stage(
     *,
+    models: Sequence[ModelKey],
     features_file: str | Path,
     activations_file: str | Path,
     probe: Mapping[str, Any],
@@ -353,31 +409,27 @@ def train_probe_stage(
     output: str | Path,
     provenance: Mapping[str, Any],
 ) -> None:
-    """Train one model's probe; store it with its and the classifier's held-out logits.
+    """Train each model's probe; store it with its and the classifier's held-out logits.
 
     Held-out inputs are the study's regular images, whose features and logits the
-    activations stage already extracted.
+    activations stage already extracted. Group `<model>` per model.
     """
     from robuniv.probes import ProbeConfig, probe_arrays, train_probe
 
     config = ProbeConfig.from_mapping(probe)
-    train = io.read_h5(features_file, PROBE_TRAIN_GROUP)
-    heldout = io.read_h5(activations_file, REGULAR_GROUP)
-    n_classes = heldout["logits"].shape[1]
-    result = train_probe(
-        train["features"], train["labels"], config, n_classes=n_classes, device=device
-    )
-    arrays = {
-        **probe_arrays(result),
-        "probe_logits": result.logits(heldout["features"]),
-        "classifier_logits": heldout["logits"],
-        "labels": heldout["labels"],
-        "indices": heldout["indices"],
-    }
-    meta = {
-        **provenance,
-        "best_epoch": result.best_epoch,
-        "features_sha256": io.sha256_file(features_file),
-        "activations_sha256": io.sha256_file(activations_file),
-    }
-    io.write_h5(output, {"/": arrays}, meta)
+    with io.h5_writer(output, provenance) as fh:
+        for key in sorted(models):
+            train = io.read_h5(features_file, f"{key.name}/{PROBE_TRAIN_GROUP}")
+            heldout = io.read_h5(activations_file, activation_group(key, None))
+            n_classes = heldout["logits"].shape[1]
+            result = train_probe(
+                train["features"], train["labels"], config, n_classes=n_classes, device=device
+            )
+            arrays = {
+                **probe_arrays(result),
+                "probe_logits": result.logits(heldout["features"]),
+                "classifier_logits": heldout["logits"],
+                "labels": heldout["labels"],
+                "indices": heldout["indices"],
+            }
+            io.write_group(fh, key.name, arrays, {"best_epoch": result.best_epoch})

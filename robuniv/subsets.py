@@ -14,15 +14,15 @@ import hashlib
 import itertools
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pandas as pd
 
-from robuniv.compare import REGULAR_GROUP
 from robuniv.config import PAIR_COLUMNS, ModelKey, pair_record
+from robuniv.groups import activation_group
 from robuniv.similarity import MEASURES, compare_pairs
 
 log = logging.getLogger(__name__)
@@ -67,15 +67,21 @@ def agreement_rows(
     }
 
 
-def _read(path: str | Path, group: str) -> dict[str, np.ndarray]:
+def _read(path: str | Path, models: Sequence[ModelKey]) -> dict[ModelKey, dict[str, np.ndarray]]:
+    """Features, logits and row indices of each model on the regular images."""
+    data = {}
     with h5py.File(path, "r") as fh:
-        if group not in fh:
-            raise KeyError(f"{path} has no activations for input set {group!r}")
-        return {name: fh[group][name][()] for name in ("features", "logits", "indices")}
+        for model in models:
+            group = activation_group(model, None)
+            if group not in fh:
+                raise KeyError(f"{path} has no activations of {model.name} on the regular images")
+            data[model] = {name: fh[group][name][()] for name in ("features", "logits", "indices")}
+    return data
 
 
 def agreement_subset_table(
-    activations: Mapping[ModelKey, str | Path],
+    activations: str | Path,
+    models: Sequence[ModelKey],
     *,
     study: str,
     eps: float,
@@ -85,14 +91,15 @@ def agreement_subset_table(
     rtd_batch: int = 500,
     rtd_seed: int = 0,
     seed: int = 0,
-    group: str = REGULAR_GROUP,
 ) -> pd.DataFrame:
     """Each representational measure on the agree and the disagree subset of every model pair.
 
     Parameters
     ----------
-    activations : model -> activation HDF5 file (group `group` with features, logits and
-        indices; every model's rows must be the same inputs).
+    activations : the eps's activation HDF5 file (`robuniv.groups.activation_group` of each
+        model on the regular images: features, logits and indices; every model's rows must
+        be the same inputs).
+    models : the models of that eps to compare pairwise.
     measures : representational measures of `robuniv.similarity.MEASURES`.
     jaccard_k : neighbourhood sizes; those not below a pair's subset size are left out
         for that pair (with a warning).
@@ -110,13 +117,13 @@ def agreement_subset_table(
         raise ValueError(
             f"agreement subsets are split by the predictions; {predictive} measure those"
         )
-    data = {model: _read(path, group) for model, path in activations.items()}
-    models = sorted(data)
+    models = sorted(models)
+    data = _read(activations, models)
     for model in models[1:]:
         if not np.array_equal(data[model]["indices"], data[models[0]]["indices"]):
             # Both models must see the same images in the same order, or the split is void.
             raise ValueError(
-                f"{activations[model]}: rows of {group!r} differ from {activations[models[0]]}'s"
+                f"{activations}: regular-image rows of {model.name} differ from {models[0].name}'s"
             )
     records = []
     for a, b in itertools.combinations(models, 2):

@@ -1,25 +1,27 @@
+# One job per eps: every input set of the eps (the regular images, each model's inverted
+# set) is read once and passed through every model of the eps, into one HDF5 file.
 rule extract_activations:
     input:
-        unpack(get_inverted_sets),
-        ckpt=get_checkpoint,
+        ckpts=get_eps_checkpoints,
+        inverted=get_inverted_sets,
         regular=REGULAR_INPUTS,
         data=get_dataset_files,
     output:
         activations=ACTIVATIONS,
     log:
-        "logs/results/{study}/activations/{arch}/eps{eps}/run{run}.log",
+        "logs/results/{study}/activations/eps{eps}.log",
     benchmark:
-        "benchmarks/results/{study}/activations/{arch}/eps{eps}/run{run}.tsv"
+        "benchmarks/results/{study}/activations/eps{eps}.tsv"
     conda:
         "../envs/robuniv.yaml"
     threads: threads_for("extract_activations")
     resources:
-        **resources_for("extract_activations", runtime=30, mem_mb=8000),
+        **resources_for("extract_activations", runtime=60, mem_mb=8000),
     params:
+        models=lambda wc: model_list(eps_models(wc)),
         dataset=lambda wc: canonical(study(wc)["dataset"]),
-        batch_size=lambda wc: canonical(study(wc)["activations"]["batch_size"]),
+        extraction=lambda wc: canonical(study(wc)["activations"]),
         layers=lambda wc: canonical(study(wc)["model"]["layers"]),
-        inverted=lambda wc: sorted(get_inverted_sets(wc)),
         device=config["device"],
     script:
         "../workflow_scripts/extract_activations.py"

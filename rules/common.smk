@@ -28,17 +28,17 @@ STUDIES = config["studies"]
 # Path templates: stage first, then keys from coarse to fine (STYLE.md section 5).
 MODEL = "results/{study}/models/{arch}/eps{eps}/run{run}.pt"
 IMPORTED = "results/{study}/models/{arch}/eps{eps}/imported.pt"
-EVALUATION = "results/{study}/evaluation/{arch}/eps{eps}/run{run}.tsv"
+EVALUATION = "results/{study}/evaluation/eps{eps}.tsv"
 REGULAR_INPUTS = "results/{study}/inputs/regular.tsv"
 INVERSION_PAIRS = "results/{study}/inputs/inversion_pairs.tsv"
 INVERTED = "results/{study}/inverted/{arch}/eps{eps}/run{run}.h5"
-ACTIVATIONS = "results/{study}/activations/{arch}/eps{eps}/run{run}.h5"
-SIMILARITY = "results/{study}/similarity/{inputs}/eps{eps}/{measure}.tsv"
+ACTIVATIONS = "results/{study}/activations/eps{eps}.h5"
+SIMILARITY = "results/{study}/similarity/{inputs}/eps{eps}.tsv"
 SIMILARITY_TABLE = "results/{study}/tables/similarity.tsv"
 ACCURACY_TABLE = "results/{study}/tables/accuracy.tsv"
 AGREEMENT_SUBSETS = "results/{study}/similarity/agreement_subsets/eps{eps}.tsv"
-PROBE_FEATURES = "results/{study}/probes/features/{arch}/eps{eps}/run{run}.h5"
-PROBE = "results/{study}/probes/{arch}/eps{eps}/run{run}.h5"
+PROBE_FEATURES = "results/{study}/probes/features/eps{eps}.h5"
+PROBES = "results/{study}/probes/eps{eps}.h5"
 SPEARMAN_TABLE = "results/{study}/tables/spearman.csv"
 SUBSETS_TABLE = "results/{study}/tables/agreement_subsets.tsv"
 PERMUTATION_TABLE = "results/{study}/tables/permutation.csv"
@@ -67,9 +67,6 @@ wildcard_constraints:
     eps=_alternatives(format_eps(e) for s in STUDIES.values() for e in s["eps"]),
     run=r"\d+",
     inputs=_alternatives(INPUT_KINDS),
-    measure=_alternatives(
-        m for s in STUDIES.values() for m in s["similarity"]["measures"]
-    ),
 
 
 def study(wildcards):
@@ -98,9 +95,7 @@ CHECKPOINT_FILES = _checkpoint_files()
 
 def get_checkpoint(wildcards):
     """The trained checkpoint of a model, or its imported one where the study imports it."""
-    model = model_key(wildcards)
-    template = IMPORTED if is_imported(study(wildcards), model) else MODEL
-    return model_path(template, wildcards.study, model)
+    return checkpoint_path(wildcards.study, model_key(wildcards))
 
 
 def checkpoint_source(wildcards):
@@ -122,20 +117,31 @@ def get_dataset_files(wildcards):
     return [ancient(f"{dataset['root']}/{f}") for f in files]
 
 
+def eps_models(wildcards):
+    """The models of one eps, in the order every per-eps rule lists them."""
+    return sorted(models_at(study(wildcards), float(wildcards.eps)))
+
+
+def checkpoint_path(study_name, model):
+    s = STUDIES[study_name]
+    return model_path(IMPORTED if is_imported(s, model) else MODEL, study_name, model)
+
+
+def get_eps_checkpoints(wildcards):
+    return [checkpoint_path(wildcards.study, m) for m in eps_models(wildcards)]
+
+
 def get_inverted_sets(wildcards):
-    """Inverted images of every model at this eps: each one's activations need all of them."""
-    models = models_at(study(wildcards), float(wildcards.eps))
-    return {m.name: model_path(INVERTED, wildcards.study, m) for m in models}
+    """Inverted images of every model at this eps: each model's activations need all of them."""
+    return [model_path(INVERTED, wildcards.study, m) for m in eps_models(wildcards)]
 
 
-def get_eps_activations(wildcards):
-    models = models_at(study(wildcards), float(wildcards.eps))
-    return [model_path(ACTIVATIONS, wildcards.study, m) for m in models]
+def eps_activations(study_name, eps_values):
+    return [ACTIVATIONS.format(study=study_name, eps=format_eps(e)) for e in eps_values]
 
 
 def get_study_activations(wildcards):
-    models = study_models(study(wildcards))
-    return [model_path(ACTIVATIONS, wildcards.study, m) for m in models]
+    return eps_activations(wildcards.study, study(wildcards)["eps"])
 
 
 def get_subset_parts(wildcards):
@@ -144,8 +150,8 @@ def get_subset_parts(wildcards):
 
 
 def get_probes(wildcards):
-    models = extreme_models(study(wildcards))
-    return [model_path(PROBE, wildcards.study, m) for m in models]
+    eps = [format_eps(e) for e in extreme_eps(study(wildcards))]
+    return expand(PROBES, study=wildcards.study, eps=eps)
 
 
 def get_fig2_inverted(wildcards):
@@ -168,15 +174,12 @@ def get_similarity_parts(wildcards):
         study=wildcards.study,
         inputs=INPUT_KINDS,
         eps=[format_eps(e) for e in s["eps"]],
-        measure=s["similarity"]["measures"],
     )
 
 
 def get_evaluations(wildcards):
-    return [
-        model_path(EVALUATION, wildcards.study, m)
-        for m in study_models(study(wildcards))
-    ]
+    eps = [format_eps(e) for e in study(wildcards)["eps"]]
+    return expand(EVALUATION, study=wildcards.study, eps=eps)
 
 
 def model_params(wildcards):
@@ -192,11 +195,11 @@ def model_params(wildcards):
 # executor's --gpus) unless the config says device: cpu; every other rule asks for none.
 GPU_RULES = {
     "train_model",
-    "evaluate_model",
+    "evaluate_models",
     "invert_images",
     "extract_activations",
     "extract_probe_features",
-    "train_probe",
+    "train_probes",
 }
 
 
@@ -278,19 +281,17 @@ def get_figure(fig):
     ]
 
 
-def similarity_options(s, measure):
-    """Only the options a measure reads, so changing RTD's leaves CKA's tables alone."""
+def similarity_options(s):
+    """The measures of the similarity stage and the options they read."""
     options = s["similarity"]
-    if measure == "jaccard":
-        return {"jaccard_k": options["jaccard_k"]}
-    if measure == "rtd":
-        rtd = options["rtd"]
-        return {
-            "rtd_trials": rtd["trials"],
-            "rtd_batch": rtd["batch"],
-            "rtd_seed": rtd["seed"],
-        }
-    return {}
+    rtd = options["rtd"]
+    return {
+        "measures": options["measures"],
+        "jaccard_k": options["jaccard_k"],
+        "rtd_trials": rtd["trials"],
+        "rtd_batch": rtd["batch"],
+        "rtd_seed": rtd["seed"],
+    }
 
 
 def subset_options(s):

@@ -1,24 +1,26 @@
-rule evaluate_model:
+# One job per eps: the evaluation images are decoded once for all models of that eps.
+rule evaluate_models:
     input:
-        ckpt=get_checkpoint,
+        ckpts=get_eps_checkpoints,
         data=get_dataset_files,
     output:
         table=EVALUATION,
     log:
-        "logs/results/{study}/evaluation/{arch}/eps{eps}/run{run}.log",
+        "logs/results/{study}/evaluation/eps{eps}.log",
     benchmark:
-        "benchmarks/results/{study}/evaluation/{arch}/eps{eps}/run{run}.tsv"
+        "benchmarks/results/{study}/evaluation/eps{eps}.tsv"
     conda:
         "../envs/robuniv.yaml"
-    threads: threads_for("evaluate_model")
+    threads: threads_for("evaluate_models")
     resources:
-        **resources_for("evaluate_model", runtime=30, mem_mb=4000),
+        **resources_for("evaluate_models", runtime=60, mem_mb=4000),
     params:
+        models=lambda wc: model_list(eps_models(wc)),
         dataset=lambda wc: canonical(study(wc)["dataset"]),
         evaluate=lambda wc: canonical(study(wc)["evaluate"]),
         device=config["device"],
     script:
-        "../workflow_scripts/evaluate_model.py"
+        "../workflow_scripts/evaluate_models.py"
 
 
 rule tabulate_accuracy:

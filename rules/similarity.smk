@@ -1,20 +1,23 @@
+# Every measure of one input kind and eps in one job: the per-model work (centring, k-NN
+# graphs, softmax) and the cross product shared by cka, cka_unbiased and procrustes_sim are
+# computed once, not once per measure.
 rule compute_similarity:
     input:
-        get_eps_activations,
+        activations=ACTIVATIONS,
     output:
         table=SIMILARITY,
     log:
-        "logs/results/{study}/similarity/{inputs}/eps{eps}/{measure}.log",
+        "logs/results/{study}/similarity/{inputs}/eps{eps}.log",
     benchmark:
-        "benchmarks/results/{study}/similarity/{inputs}/eps{eps}/{measure}.tsv"
+        "benchmarks/results/{study}/similarity/{inputs}/eps{eps}.tsv"
     conda:
         "../envs/robuniv.yaml"
     threads: threads_for("compute_similarity")
     resources:
         **resources_for("compute_similarity", runtime=60, mem_mb=8000),
     params:
-        models=lambda wc: model_list(models_at(study(wc), float(wc.eps))),
-        options=lambda wc: canonical(similarity_options(study(wc), wc.measure)),
+        models=lambda wc: model_list(eps_models(wc)),
+        options=lambda wc: canonical(similarity_options(study(wc))),
     script:
         "../workflow_scripts/compute_similarity.py"
 
@@ -36,7 +39,7 @@ rule aggregate_similarity:
 # Fig 5: similarity of the inputs two models classify alike vs differently (regular images).
 rule compute_agreement_subsets:
     input:
-        get_eps_activations,
+        activations=ACTIVATIONS,
     output:
         table=AGREEMENT_SUBSETS,
     log:
@@ -49,7 +52,7 @@ rule compute_agreement_subsets:
     resources:
         **resources_for("compute_agreement_subsets", runtime=60, mem_mb=8000),
     params:
-        models=lambda wc: model_list(models_at(study(wc), float(wc.eps))),
+        models=lambda wc: model_list(eps_models(wc)),
         options=lambda wc: canonical(subset_options(study(wc))),
     script:
         "../workflow_scripts/compute_agreement_subsets.py"

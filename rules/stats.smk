@@ -57,6 +57,7 @@ rule tabulate_bounds:
         "../envs/robuniv.yaml"
     params:
         models=lambda wc: model_list(study_models(study(wc))),
+        eps=lambda wc: [format_eps(e) for e in study(wc)["eps"]],
     script:
         "../workflow_scripts/tabulate_bounds.py"
 
@@ -73,5 +74,6 @@ rule compare_probes:
         "../envs/robuniv.yaml"
     params:
         models=lambda wc: model_list(extreme_models(study(wc))),
+        eps=lambda wc: [format_eps(e) for e in extreme_eps(study(wc))],
     script:
         "../workflow_scripts/compare_probes.py"

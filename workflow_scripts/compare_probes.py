@@ -1,7 +1,7 @@
 """Agreement of probe pairs vs their classifiers on held-out images (rule compare_probes)."""
 
 from robuniv import io
-from robuniv.config import ModelKey
+from robuniv.config import format_eps, model_keys
 from robuniv.log import to_file
 
 
@@ -9,10 +9,10 @@ def main(smk) -> None:
     to_file(smk.log[0])
     from robuniv.probes import probe_agreement_table
 
-    models = [ModelKey(arch, float(eps), int(run)) for arch, eps, run in smk.params.models]
+    files = dict(zip(smk.params.eps, smk.input.probes, strict=True))
     probes = {}
-    for model, path in zip(models, smk.input.probes, strict=True):
-        stored = io.read_h5(path)
+    for model in model_keys(smk.params.models):
+        stored = io.read_h5(files[format_eps(model.eps)], model.name)
         probes[model] = (stored["probe_logits"], stored["classifier_logits"], stored["labels"])
     table = probe_agreement_table(probes, study=smk.wildcards.study)
     meta = io.provenance(

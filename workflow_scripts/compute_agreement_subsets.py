@@ -1,7 +1,7 @@
-"""Similarity on agreeing vs disagreeing inputs of every model pair at one eps (Fig 5)."""
+"""Fig 5: similarity on the inputs a pair classifies alike vs differently (rule compute_agreement_subsets)."""
 
 from robuniv import io
-from robuniv.config import ModelKey
+from robuniv.config import model_keys
 from robuniv.log import to_file
 
 
@@ -9,9 +9,9 @@ def main(smk) -> None:
     to_file(smk.log[0])
     from robuniv.subsets import agreement_subset_table
 
-    models = [ModelKey(arch, float(eps), int(run)) for arch, eps, run in smk.params.models]
     table = agreement_subset_table(
-        dict(zip(models, smk.input, strict=True)),
+        smk.input.activations,
+        model_keys(smk.params.models),
         study=smk.wildcards.study,
         eps=float(smk.wildcards.eps),
         **smk.params.options,
@@ -19,7 +19,7 @@ def main(smk) -> None:
     meta = io.provenance(
         study=smk.wildcards.study,
         options=smk.params.options,
-        activations_sha256={path: io.sha256_file(path) for path in smk.input},
+        activations_sha256=io.sha256_file(smk.input.activations),
     )
     io.write_table(smk.output.table, table, meta)
 

@@ -1,27 +1,27 @@
-"""One measure over all model pairs of one eps and input kind (rule compute_similarity)."""
+"""Every measure over all model pairs of one eps and input kind (rule compute_similarity)."""
 
 from robuniv import io
 from robuniv.compare import similarity_table
-from robuniv.config import ModelKey
+from robuniv.config import model_keys
 from robuniv.log import to_file
 
 
 def main(smk) -> None:
     to_file(smk.log[0])
-    models = [ModelKey(arch, float(eps), int(run)) for arch, eps, run in smk.params.models]
+    options = dict(smk.params.options)
     table = similarity_table(
-        dict(zip(models, smk.input, strict=True)),
+        smk.input.activations,
+        model_keys(smk.params.models),
         smk.wildcards.inputs,
-        smk.wildcards.measure,
+        options.pop("measures"),
         study=smk.wildcards.study,
         eps=float(smk.wildcards.eps),
-        **smk.params.options,
+        **options,
     )
     meta = io.provenance(
         study=smk.wildcards.study,
-        measure=smk.wildcards.measure,
         options=smk.params.options,
-        activations_sha256={path: io.sha256_file(path) for path in smk.input},
+        activations_sha256=io.sha256_file(smk.input.activations),
     )
     io.write_table(smk.output.table, table, meta)
 

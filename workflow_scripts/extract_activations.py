@@ -1,6 +1,7 @@
-"""Penultimate features and logits of one model on every input set of its eps."""
+"""Features and logits of every model of one eps on every input set (rule extract_activations)."""
 
 from robuniv import io
+from robuniv.config import model_keys
 from robuniv.log import to_file
 
 
@@ -9,22 +10,21 @@ def main(smk) -> None:
     from robuniv.pipeline import activations_stage
     from robuniv.runtime import setup_torch
 
-    device = setup_torch(smk.threads, smk.params.device)
+    models = model_keys(smk.params.models)
     activations_stage(
-        checkpoint=smk.input.ckpt,
+        checkpoints=dict(zip(models, smk.input.ckpts, strict=True)),
         regular=io.read_table(smk.input.regular),
-        inverted={name: smk.input[name] for name in smk.params.inverted},
+        inverted=dict(zip(models, smk.input.inverted, strict=True)),
         dataset=smk.params.dataset,
-        batch_size=smk.params.batch_size,
+        extraction=smk.params.extraction,
         layers=smk.params.layers,
-        device=device,
+        device=setup_torch(smk.threads, smk.params.device),
         output=smk.output.activations,
         provenance=io.provenance(
             study=smk.wildcards.study,
-            arch=smk.wildcards.arch,
             eps=float(smk.wildcards.eps),
-            run=int(smk.wildcards.run),
-            checkpoint_sha256=io.sha256_file(smk.input.ckpt),
+            extraction=smk.params.extraction,
+            layers=smk.params.layers,
         ),
     )
 

@@ -1,6 +1,7 @@
-"""Penultimate features of the probes' training images for one model (rule extract_probe_features)."""
+"""Training-split features of every model of one eps, for the probes (rule extract_probe_features)."""
 
 from robuniv import io
+from robuniv.config import model_keys
 from robuniv.log import to_file
 
 
@@ -11,21 +12,19 @@ def main(smk) -> None:
 
     probes = smk.params.probes
     probe_features_stage(
-        checkpoint=smk.input.ckpt,
+        checkpoints=dict(zip(model_keys(smk.params.models), smk.input.ckpts, strict=True)),
         dataset=smk.params.dataset,
         n_train=probes["n_train"],
         seed=probes["seed"],
-        batch_size=smk.params.batch_size,
+        extraction=smk.params.extraction,
         layers=smk.params.layers,
         device=setup_torch(smk.threads, smk.params.device),
         output=smk.output.features,
         provenance=io.provenance(
             study=smk.wildcards.study,
-            arch=smk.wildcards.arch,
             eps=float(smk.wildcards.eps),
-            run=int(smk.wildcards.run),
             probes=probes,
-            checkpoint_sha256=io.sha256_file(smk.input.ckpt),
+            extraction=smk.params.extraction,
         ),
     )
 

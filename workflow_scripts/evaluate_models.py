@@ -1,6 +1,7 @@
-"""Clean and adversarial accuracy of one model (rule evaluate_model)."""
+"""Clean and adversarial accuracy of every model of one eps (rule evaluate_models)."""
 
 from robuniv import io
+from robuniv.config import model_keys
 from robuniv.log import to_file
 
 
@@ -9,19 +10,17 @@ def main(smk) -> None:
     from robuniv.pipeline import evaluate_stage
     from robuniv.runtime import setup_torch
 
-    device = setup_torch(smk.threads, smk.params.device)
+    checkpoints = dict(zip(model_keys(smk.params.models), smk.input.ckpts, strict=True))
     table = evaluate_stage(
-        checkpoint=smk.input.ckpt,
-        eps=float(smk.wildcards.eps),
-        run=int(smk.wildcards.run),
+        checkpoints=checkpoints,
         dataset=smk.params.dataset,
         evaluate=smk.params.evaluate,
-        device=device,
+        device=setup_torch(smk.threads, smk.params.device),
     )
     meta = io.provenance(
         study=smk.wildcards.study,
         evaluate=smk.params.evaluate,
-        checkpoint_sha256=io.sha256_file(smk.input.ckpt),
+        checkpoints_sha256={path: io.sha256_file(path) for path in smk.input.ckpts},
     )
     io.write_table(smk.output.table, table, meta)
 
