@@ -60,6 +60,9 @@ class DatasetSpec:
     fetch: Callable[[Path], None] | None = None
     # Names by label, for figures (empty: figures print "class <label>").
     class_names: tuple[str, ...] = ()
+    # Published (train, eval) split sizes: what `robuniv.plan` prices a study with when
+    # `n_images: null` asks for the whole split and the data is not on this machine.
+    split_sizes: tuple[int, int] = (0, 0)
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
@@ -130,6 +133,7 @@ DATASETS.register(
         ),
         load_arrays=_fashion_mnist_arrays,
         fetch=_fetch_fashion_mnist,
+        split_sizes=(60_000, 10_000),
         class_names=(
             "T-shirt/top",
             "Trouser",
@@ -208,6 +212,7 @@ DATASETS.register(
         fetch_hint="needs internet: `python -m robuniv.data fetch cifar10 ROOT` (torchvision download)",
         load_arrays=_cifar10_arrays,
         fetch=_fetch_cifar10,
+        split_sizes=(50_000, 10_000),
     ),
 )
 
@@ -247,7 +252,11 @@ def _imagenet_list(name: str) -> Callable[[Path, Split], tuple[list[Path], np.nd
     return list_files
 
 
-for _name, _classes in (("imagenet1k", 1000), ("imagenet100", 100)):
+# ImageNet100 (the CMC class list): 126,689 training and 5,000 validation images.
+for _name, _classes, _sizes in (
+    ("imagenet1k", 1000, (1_281_167, 50_000)),
+    ("imagenet100", 100, (126_689, 5_000)),
+):
     DATASETS.register(
         _name,
         DatasetSpec(
@@ -260,6 +269,7 @@ for _name, _classes in (("imagenet1k", 1000), ("imagenet100", 100)):
             model_variant="imagenet",
             fetch_hint=_IMAGENET_HINT,
             list_files=_imagenet_list(_name),
+            split_sizes=_sizes,
             check=_imagenet_check(_name, _classes),
         ),
     )

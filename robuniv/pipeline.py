@@ -6,6 +6,7 @@ a notebook or another workflow manager.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -85,24 +86,12 @@ def train_stage(
     train_set = open_split(
         dataset["name"], dataset["root"], "train", indices=subset, augment=train["augment"]
     )
+    # Keys the study's train block shares with TrainConfig; absent ones keep its defaults.
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"eps", "seed"}
     config = TrainConfig(
-        epochs=train["epochs"],
-        batch_size=train["batch_size"],
-        eps=float(eps),
-        seed=seed,
-        lr=train["lr"],
-        momentum=train["momentum"],
-        weight_decay=train["weight_decay"],
-        lr_step_epochs=train["lr_step_epochs"],
-        lr_gamma=train["lr_gamma"],
-        lr_schedule=train["lr_schedule"],
-        warmup_fraction=train["warmup_fraction"],
-        attack_steps=train["attack_steps"],
-        num_workers=train["num_workers"],
-        amp=train["amp"],
-        channels_last=train["channels_last"],
+        eps=float(eps), seed=seed, **{k: v for k, v in train.items() if k in fields}
     )
-    net = build_model(spec, seed=seed, zero_init_residual=train["zero_init_residual"])
+    net = build_model(spec, seed=seed, zero_init_residual=train.get("zero_init_residual", False))
     log.info(
         "training %s (%d parameters) at eps %g, run %d, on %d images",
         arch,

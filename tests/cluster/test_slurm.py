@@ -26,11 +26,11 @@ SMOKE = REPO / "tests" / "workflow" / "config.smoke.yaml"
 PROFILE = REPO / "profiles" / "slurm"
 GPU_RULES = {
     "train_model",
-    "evaluate_model",
+    "evaluate_models",
     "invert_images",
     "extract_activations",
     "extract_probe_features",
-    "train_probe",
+    "train_probes",
 }
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slurm]
@@ -71,8 +71,8 @@ def slurm_config(path: Path, data_root: Path) -> Path:
     study["similarity"]["measures"] = ["agreement", "jsd_sim", "cka", "jaccard"]
     study["figures"]["fig4"]["measures"] = ["cka", "jaccard"]
     study["agreement_subsets"]["measures"] = ["cka", "jaccard"]
-    rules = ("train_model", "evaluate_model", "invert_images", "extract_activations",
-             "extract_probe_features", "train_probe", "compute_similarity",
+    rules = ("train_model", "evaluate_models", "invert_images", "extract_activations",
+             "extract_probe_features", "train_probes", "compute_similarity",
              "compute_agreement_subsets")  # fmt: skip
     config["resources"] = {rule: {"mem_mb": 1500, "runtime": 10} for rule in rules}
     path.write_text(yaml.safe_dump(config))

@@ -13,7 +13,7 @@ from robuniv.config import ModelKey
 from robuniv.pipeline import (
     activations_stage,
     probe_features_stage,
-    train_probe_stage,
+    train_probes_stage,
     train_stage,
 )
 from robuniv.probes import ProbeConfig, probe_agreement_table, train_probe, validation_split
@@ -88,36 +88,40 @@ def test_stages_train_a_probe_that_beats_chance_on_fashion_mnist(
     checkpoint = tmp_path / "model.pt"
     train = {"n_images": 512, "epochs": 1, "augment": False, "batch_size": 64, "lr": 0.1,
              "momentum": 0.9, "weight_decay": 5e-4, "lr_step_epochs": 1, "lr_gamma": 0.1,
+             "lr_schedule": "step", "warmup_fraction": 0.1, "zero_init_residual": False,
              "attack_steps": 1, "seed": 0, "num_workers": 0, "amp": False,
              "channels_last": False}  # fmt: skip
     train_stage(
         arch="vgg16_bn", eps=0.0, run=0, model={"width": 0.0625, "adapt_stem": True},
         dataset=dataset, train=train, checkpoint=checkpoint, device="cpu", provenance={},
     )  # fmt: skip
+    key = ModelKey("vgg16_bn", 0.0, 0)
+    extraction = {"batch_size": 200, "amp": False, "channels_last": False}
     features = tmp_path / "features.h5"
     probe_features_stage(
-        checkpoint=checkpoint, dataset=dataset, n_train=600, seed=0, batch_size=200,
-        layers={}, device="cpu", output=features, provenance={"test": "probes"},
+        checkpoints={key: checkpoint}, dataset=dataset, n_train=600, seed=0,
+        extraction=extraction, layers={}, device="cpu", output=features,
+        provenance={"test": "probes"},
     )  # fmt: skip
-    stored = io.read_h5(features, "train")
+    stored = io.read_h5(features, "vgg16_bn/run0/train")
     assert stored["features"].shape[0] == 600 == len(np.unique(stored["indices"]))
     assert io.read_h5_meta(features)["test"] == "probes"
     activations = tmp_path / "activations.h5"
     regular = pd.DataFrame({"index": np.arange(300), "label": np.zeros(300, int)})
     activations_stage(
-        checkpoint=checkpoint, regular=regular, inverted={}, dataset=dataset, batch_size=150,
-        layers={}, device="cpu", output=activations, provenance={},
+        checkpoints={key: checkpoint}, regular=regular, inverted={}, dataset=dataset,
+        extraction=extraction, layers={}, device="cpu", output=activations, provenance={},
     )  # fmt: skip
-    output = tmp_path / "probe.h5"
+    output = tmp_path / "probes.h5"
     options = {"epochs": 30, "batch_size": 64, "lr": 5e-3, "lr_min": 1e-6,
                "val_fraction": 0.1, "seed": 0, "n_train": 600}  # fmt: skip
-    train_probe_stage(
-        features_file=features, activations_file=activations, probe=options,
+    train_probes_stage(
+        models=[key], features_file=features, activations_file=activations, probe=options,
         device="cpu", output=output, provenance={"probe": "test"},
     )  # fmt: skip
-    probe = io.read_h5(output)
+    probe = io.read_h5(output, key.name)
     accuracy = np.mean(probe["probe_logits"].argmax(1) == probe["labels"])
     # Chance is 10 %: 300 held-out images put 25 % more than 8 standard errors above it.
     assert accuracy > 0.25, accuracy
     assert probe["classifier_logits"].shape == probe["probe_logits"].shape == (300, 10)
-    assert 1 <= io.read_h5_meta(output)["best_epoch"] <= 30
+    assert 1 <= io.read_h5_meta(output, key.name)["best_epoch"] <= 30

@@ -9,28 +9,37 @@ import pytest
 
 from robuniv import io
 from robuniv.config import ModelKey
+from robuniv.groups import activation_group
 from robuniv.stats import permutation_table
 from robuniv.subsets import agreement_rows, agreement_subset_table
 
 C = 8
 
 
-def write_activations(path: Path, features: np.ndarray, logits: np.ndarray) -> Path:
-    arrays = {
-        "features": features.astype(np.float32),
-        "logits": logits.astype(np.float32),
-        "labels": np.zeros(len(features), np.int64),
-        "indices": np.arange(len(features), dtype=np.int64),
+def write_activations(
+    path: Path, models: dict[ModelKey, tuple[np.ndarray, np.ndarray]]
+) -> tuple[Path, list[ModelKey]]:
+    """One eps's activation file: each model's regular-image features and logits."""
+    groups = {
+        activation_group(key, None): {
+            "features": features.astype(np.float32),
+            "logits": logits.astype(np.float32),
+            "labels": np.zeros(len(features), np.int64),
+            "indices": np.arange(len(features), dtype=np.int64),
+        }
+        for key, (features, logits) in models.items()
     }
-    io.write_h5(path, {"regular": arrays}, {"test": True})
-    return path
+    io.write_h5(path, groups, {"test": True})
+    return path, list(models)
 
 
 def one_hot(classes: np.ndarray) -> np.ndarray:
     return np.eye(C)[classes] * 5.0
 
 
-def planted_study(tmp_path: Path, n_models: int = 6, n: int = 120) -> dict[ModelKey, Path]:
+def planted_study(
+    tmp_path: Path, n_models: int = 6, n: int = 120
+) -> tuple[Path, list[ModelKey]]:
     """Models whose features share structure on the inputs all classify alike, none elsewhere.
 
     Inputs 0..59 are classified alike by every model; on the others, each model predicts
@@ -38,15 +47,14 @@ def planted_study(tmp_path: Path, n_models: int = 6, n: int = 120) -> dict[Model
     """
     rng = np.random.default_rng(0)
     shared = rng.normal(size=(n, 6))
-    files = {}
+    models = {}
     for m in range(n_models):
         classes = np.zeros(n, dtype=int)
         classes[60:] = (m + np.arange(n - 60)) % C
         noise = rng.normal(size=(n, 6))
         features = np.where(np.arange(n)[:, None] < 60, shared + 0.1 * noise, noise)
-        key = ModelKey(f"arch{m}", 1.0, 0)
-        files[key] = write_activations(tmp_path / f"m{m}.h5", features, one_hot(classes))
-    return files
+        models[ModelKey(f"arch{m}", 1.0, 0)] = (features, one_hot(classes))
+    return write_activations(tmp_path / "eps1.h5", models)
 
 
 def test_rows_split_by_argmax_into_disjoint_equal_subsets() -> None:
@@ -65,7 +73,7 @@ def test_agreeing_inputs_are_more_alike_and_the_test_says_so(tmp_path: Path) -> 
     files = planted_study(tmp_path)
     measures = ["cka", "procrustes_sim", "jaccard", "rtd"]
     options = {"measures": measures, "jaccard_k": [5], "rtd_trials": 1, "rtd_batch": 30}
-    table = agreement_subset_table(files, study="s", eps=1.0, seed=0, **options)
+    table = agreement_subset_table(*files, study="s", eps=1.0, seed=0, **options)
     assert len(table) == 15 * 4 * 2  # 15 pairs x 4 measures x 2 subsets
     assert (table["n_rows"] == 60).all()
     wide = table.pivot_table(
@@ -77,7 +85,7 @@ def test_agreeing_inputs_are_more_alike_and_the_test_says_so(tmp_path: Path) -> 
     assert (rtd["agree"] < rtd["disagree"]).all()  # RTD: a distance
     tests = permutation_table(table, resamples=999, seed=0)
     assert (tests["p"] < 0.01).all() and (tests["mean_difference"] > 0).all()
-    repeat = agreement_subset_table(files, study="s", eps=1.0, seed=0, **options)
+    repeat = agreement_subset_table(*files, study="s", eps=1.0, seed=0, **options)
     assert repeat.equals(table)
 
 
@@ -86,19 +94,16 @@ def test_small_subsets_leave_out_what_cannot_be_measured(tmp_path: Path) -> None
     classes = rng.integers(0, C, size=40)
     other = classes.copy()
     other[:8] = (other[:8] + 1) % C  # 8 disagreeing inputs
-    files = {
-        ModelKey("a", 0.0, 0): write_activations(
-            tmp_path / "a.h5", rng.normal(size=(40, 5)), one_hot(classes)
-        ),
-        ModelKey("b", 0.0, 0): write_activations(
-            tmp_path / "b.h5", rng.normal(size=(40, 5)), one_hot(other)
-        ),
-        ModelKey("c", 0.0, 0): write_activations(
-            tmp_path / "c.h5", rng.normal(size=(40, 5)), one_hot(classes)
-        ),
-    }
+    files = write_activations(
+        tmp_path / "eps0.h5",
+        {
+            ModelKey("a", 0.0, 0): (rng.normal(size=(40, 5)), one_hot(classes)),
+            ModelKey("b", 0.0, 0): (rng.normal(size=(40, 5)), one_hot(other)),
+            ModelKey("c", 0.0, 0): (rng.normal(size=(40, 5)), one_hot(classes)),
+        },
+    )
     table = agreement_subset_table(
-        files, study="s", eps=0.0, measures=["cka", "jaccard"], jaccard_k=[5, 10]
+        *files, study="s", eps=0.0, measures=["cka", "jaccard"], jaccard_k=[5, 10]
     )
     # a-c always agree (0 disagreeing rows): left out. a-b and b-c: 8 rows, k=10 dropped.
     pairs = set(zip(table["model_a"], table["model_b"]))
@@ -110,10 +115,11 @@ def test_small_subsets_leave_out_what_cannot_be_measured(tmp_path: Path) -> None
 def test_mismatched_rows_and_predictive_measures_are_refused(tmp_path: Path) -> None:
     files = planted_study(tmp_path, n_models=2)
     with pytest.raises(ValueError, match="agreement"):
-        agreement_subset_table(files, study="s", eps=1.0, measures=["agreement"])
-    path = list(files.values())[1]
-    stored = io.read_h5(path, "regular")
-    stored["indices"] = stored["indices"][::-1].copy()
-    io.write_h5(path, {"regular": stored}, {})
-    with pytest.raises(ValueError, match=f"{path}: rows of 'regular' differ"):
-        agreement_subset_table(files, study="s", eps=1.0, measures=["cka"])
+        agreement_subset_table(*files, study="s", eps=1.0, measures=["agreement"])
+    path, models = files
+    groups = {activation_group(m, None): io.read_h5(path, activation_group(m, None)) for m in models}
+    second = groups[activation_group(models[1], None)]
+    second["indices"] = second["indices"][::-1].copy()
+    io.write_h5(path, groups, {})
+    with pytest.raises(ValueError, match=f"{path}: regular-image rows of arch1/run0 differ"):
+        agreement_subset_table(*files, study="s", eps=1.0, measures=["cka"])

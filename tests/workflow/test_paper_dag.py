@@ -76,7 +76,7 @@ def job_counts(output: str) -> dict[str, int]:
     counts = {}
     for line in output.splitlines():
         parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit():
+        if len(parts) == 2 and parts[1].isdigit() and not parts[0].endswith(":"):
             counts[parts[0]] = int(parts[1])
     return counts
 
@@ -89,8 +89,21 @@ def test_paper_dag_lists_every_job(roots: Path) -> None:
     # ImageNet100: 4 archs x 5 eps; CIFAR-10: 7 archs x 4 eps.
     assert counts["import_checkpoint"] == 26 and counts["download_checkpoint"] == 26
     assert counts["train_model"] == 3 + 20 + 28
-    assert counts["evaluate_model"] == counts["invert_images"] == 29 + 20 + 28
+    assert counts["invert_images"] == 29 + 20 + 28
+    # Per-eps jobs: 5 + 5 + 4 eps; similarity once per eps and input kind.
+    assert counts["evaluate_models"] == counts["extract_activations"] == 5 + 5 + 4
+    assert counts["compute_similarity"] == 2 * (5 + 5 + 4)
     assert counts["plot_fig4"] == 3
+
+
+def test_planner_prices_exactly_the_jobs_snakemake_plans(roots: Path) -> None:
+    from robuniv.plan import job_counts as planned, load_config
+
+    result = dry_run(roots, "paper.yaml")
+    counts = job_counts(result.stdout + result.stderr)
+    counts.pop("total"), counts.pop("all")
+    config = load_config(EXPERIMENTS / "paper.yaml", REPO / "rules/schemas/config.schema.yaml")
+    assert planned(config) == counts
 
 
 def test_paper_dag_through_the_slurm_profile_asks_gpus_for_network_rules(roots: Path) -> None:

@@ -56,16 +56,18 @@ def test_two_runs_give_identical_similarity_tables(smoke_runs: list[Path]) -> No
 
 
 def test_activation_files_carry_provenance(smoke_runs: list[Path]) -> None:
-    path = smoke_runs[0] / "results" / STUDY / "activations" / "resnet18" / "eps1" / "run0.h5"
+    # One file per eps: every model of the eps on the regular images and on every inverted set.
+    path = smoke_runs[0] / "results" / STUDY / "activations" / "eps1.h5"
     meta = io.read_h5_meta(path)
-    assert (
-        meta["arch"] == "resnet18" and meta["eps"] == 1.0 and len(meta["checkpoint_sha256"]) == 64
-    )
-    assert meta["layer"] == "fc:in"
-    regular = io.read_h5(path, "regular")
+    assert meta["study"] == STUDY and meta["eps"] == 1.0 and "code_version" in meta
+    model = io.read_h5_meta(path, "resnet18/run0")
+    assert model["layer"] == "fc:in" and len(model["checkpoint_sha256"]) == 64
+    regular = io.read_h5(path, "resnet18/run0/regular")
     assert regular["features"].shape[0] == regular["logits"].shape[0] == 64
-    inverted = io.read_h5(path, "inverted/vgg16_bn/run0")
+    inverted = io.read_h5(path, "resnet18/run0/inverted/vgg16_bn/run1")
     assert inverted["features"].shape[0] == 48
+    source = io.read_h5_meta(path, "resnet18/run0/inverted/vgg16_bn/run1")
+    assert len(source["inverted_file_sha256"]) == 64
 
 
 def test_complete_run_has_nothing_to_do(smoke_runs: list[Path]) -> None:
@@ -89,11 +91,12 @@ def test_adding_an_eps_trains_only_the_new_models(
     workdir = smoke_runs[1]
     config = write_config(workdir / "eps.yaml", fashion_mnist_root, eps=[0, 0.5, 1])
     jobs = planned_jobs(workdir, config)
-    # 2 archs x 2 runs at the new eps; probes and Fig 5 stay: 0.5 is not an extreme eps.
-    assert jobs["train_model"] == 4
-    assert jobs["invert_images"] == 4 and jobs["extract_activations"] == 4
-    assert jobs["evaluate_model"] == 4
-    assert "train_probe" not in jobs and "compute_agreement_subsets" not in jobs
+    # 2 archs x 2 runs at the new eps, and its per-eps jobs; the models of the other eps are
+    # not touched, and probes and Fig 5 stay: 0.5 is not an extreme eps.
+    assert jobs["train_model"] == jobs["invert_images"] == 4
+    assert jobs["extract_activations"] == jobs["evaluate_models"] == 1
+    assert jobs["compute_similarity"] == 2  # regular and inverted inputs at eps 0.5
+    assert "train_probes" not in jobs and "compute_agreement_subsets" not in jobs
 
 
 def test_fig_target_rebuilds_after_deletion(smoke_runs: list[Path]) -> None:
