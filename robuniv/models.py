@@ -570,8 +570,10 @@ def save_checkpoint(
             for k, v in state.items()
         }
     )
-    with atomic_path(path) as tmp:
-        torch.save({"model": robustness_state, **payload}, tmp)
+    # Through a file object: torch.save names the zip archive's root folder after a path's
+    # file name, which for the temporary name would differ between otherwise equal files.
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save({"model": robustness_state, **payload}, fh)
 
 
 def split_robustness_state(state_dict: Mapping[str, Tensor]) -> tuple[dict, dict]:

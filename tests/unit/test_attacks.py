@@ -46,7 +46,7 @@ def trained(
     )
     model = build_model(SPEC, seed=0)
     tmp = tmp_path_factory.mktemp("fmnist")
-    config = TrainConfig(epochs=4, batch_size=64, eps=0.0, seed=0)
+    config = TrainConfig(epochs=4, batch_size=64, eps=0.0, seed=0, lr_schedule="warmup_cosine")
     train_model(model, train_set, config, checkpoint=tmp / "m.pt", resume_state=tmp / "r.pt")
     test_set = open_split(
         "fashion_mnist", fashion_mnist_root, "eval", indices=sample_indices(10000, 32, seed=1)
@@ -279,6 +279,35 @@ def test_inversion_rejects_seeds_and_targets_of_different_shapes() -> None:
             torch.zeros(3, 1, 32, 32),
             layer=default_layer(SPEC),
         )
+
+
+def test_pixels_at_the_bounds_get_gradients(trained) -> None:
+    """torch.clamp's gradient is 0 at exactly 0 and 1: with it inside the model, every black
+    Fashion-MNIST background pixel was frozen for PGD and inversion."""
+    model, x, y = trained
+    assert (x == 0).float().mean() > 0.3  # real Fashion-MNIST: much of each image is black
+    x = x.clone().requires_grad_(True)
+    F.cross_entropy(model(x), y).backward()
+    assert (x.grad[x == 0] != 0).float().mean() > 0.5
+    x_adv = pgd_l2(model, x.detach(), y, eps=2.0)
+    black = x.detach() == 0
+    assert (x_adv[black] > 0).any()  # the attack moves background pixels too
+
+
+def test_inversion_under_bfloat16_autocast_and_channels_last_matches_float32(trained) -> None:
+    model, x, y = trained
+    seeds, targets = inversion_pairs(x, y)
+    layer = default_layer(model.spec)
+    options = {"layer": layer, "steps": 15, "step_size": 2.0, "batch_size": 16, "progress": False}
+    reference = invert(model, seeds, targets, **options)
+    bf16 = invert(model, seeds, targets, amp=True, **options)
+    cl = invert(model, seeds, targets, channels_last=True, **options)
+    model.to(memory_format=torch.contiguous_format)
+    # Final losses within 1 % of float32's (their median); every image stays in [0, 1].
+    median = np.median(reference.loss)
+    assert abs(np.median(bf16.loss) - median) <= 0.01 * median
+    assert abs(np.median(cl.loss) - median) <= 0.01 * median
+    assert bf16.images.dtype == torch.float32 and 0 <= bf16.images.min() <= bf16.images.max() <= 1
 
 
 def test_to_uint8_rounds_to_the_nearest_level() -> None:
