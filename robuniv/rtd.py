@@ -48,7 +48,12 @@ def h1_total(a: Matrix, b: Matrix) -> float:
     m[n:, n:] = np.minimum(a, b)
     import gph  # imports scikit-learn (about 1 s): only jobs that compute RTD pay for it
 
-    # collapse_edges=True takes minutes on this matrix instead of about a second (NOTES).
+    # collapse_edges=True takes minutes on this matrix instead of about a second (NOTES): the
+    # collapser is slow on the all-zero block. Cost (see robuniv.bench_rtd): about 1 s at
+    # batch 500 on ordinary features, but 10 s to minutes (mirror direction ~1 s) when `b` comes
+    # from a narrow layer with many all-zero rows (one point of min(a, b), spread out in `a`):
+    # Ripser's stored cocycles then grow to 1e3-1e4 edges. Neither ties nor the threshold
+    # (giotto-ph already stops at the enclosing radius) cause it.
     bars = gph.ripser_parallel(
         m, maxdim=1, metric="precomputed", collapse_edges=False, n_threads=1
     )["dgms"][1]
