@@ -24,6 +24,7 @@ import math
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
@@ -63,14 +64,18 @@ GUARD_SIGMAS = 10.0
 GUARD_PROBES = 4
 # The nuclear norm from eigenvalues is used when its worst-case error bound, relative to the
 # norm, stays below this (see `_nuclear_from_eigenvalues`); otherwise an SVD computes it.
-NUCLEAR_RTOL = 1e-7
+# With procrustes_sim <= 1, this plus the float32 guard's GUARD_LIMIT stays within TOLERANCE.
+# It cannot be much tighter: cross products of two equally wide models are square, with
+# singular values down to ~1e-7 sigma_max whose eigenvalues lie below n eps lambda_max, so
+# the bound reaches ~1e-7 there although the eigenvalue route matches the SVD to ~1e-12.
+NUCLEAR_RTOL = 3e-7
 # The float32 k-NN keeps the whole symmetric N x N similarity matrix up to this size (so each
 # block above the diagonal serves two row panels), and row panels of at most
 # KNN_PANEL_ENTRIES similarities; larger N computes every panel in full.
 KNN_FULL_BYTES = 1 << 30
 KNN_PANEL_ENTRIES = 1 << 23
-# Rows of a panel with more k-NN candidates than this (rows equal to the column mean, masses of
-# exact ties) are resolved one at a time instead of widening every row's candidate array.
+# Rows of a panel with more than k_max + this k-NN candidates (rows equal to the column mean,
+# masses of exact ties) are resolved one at a time instead of widening every row's array.
 KNN_WIDE_EXTRA = 1024
 
 # Work shared by several measures, timed as its own stage in `compare_pairs(stats=...)`.
@@ -106,12 +111,23 @@ class Options:
 
 
 class _Stats:
-    """Seconds per stage (exclusive: a nested stage pauses its caller) and guard fallbacks."""
+    """What the matrices of one call share: seconds per stage (exclusive: a nested stage
+    pauses its caller), guard fallbacks, and scratch buffers reused from matrix to matrix."""
 
     def __init__(self) -> None:
         self.seconds: defaultdict[str, float] = defaultdict(float)
         self.fallbacks: Counter[str] = Counter()
         self._open: list[list] = []  # [stage, start] of the running stages, innermost last
+        self._buffers: dict[str, np.ndarray] = {}
+
+    def buffer(self, name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+        """An uninitialised array, the same memory on every call with the same name and size:
+        first touching hundreds of MiB costs more than what is computed in them."""
+        size = math.prod(shape)
+        held = self._buffers.get(name)
+        if held is None or held.dtype != dtype or held.size < size:
+            held = self._buffers[name] = np.empty(size, dtype=dtype)
+        return held[:size].reshape(shape)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -159,7 +175,8 @@ def _as_matrix(x: npt.ArrayLike, name: str, *, require_variance: bool) -> np.nda
 def _centre(x: np.ndarray) -> Matrix:
     """Column-centred float64 copy (SPEC 5: every representational measure centres columns)."""
     x = x.astype(np.float64)
-    return x - x.mean(axis=0)
+    x -= x.mean(axis=0)
+    return x
 
 
 def _check_precision(precision: str) -> None:
@@ -207,7 +224,15 @@ class _Product:
         return self.scale * math.sqrt(float(self.a_sq.sum()) * float(self.b_sq.sum()))
 
 
-def _product(a: Matrix, a32: np.ndarray, b: Matrix, b32: np.ndarray, seed: int) -> _Product:
+def _product(
+    a: Matrix,
+    a32: np.ndarray,
+    b: Matrix,
+    b32: np.ndarray,
+    seed: int,
+    a_sq: Vector | None = None,
+    b_sq: Vector | None = None,
+) -> _Product:
     """A^T B in float32 (from the float32 copies), with the error scale estimated from probes.
 
     For probe vectors g (standard normal), E g = C32 g - A^T (B g): the right-hand product in
@@ -217,8 +242,10 @@ def _product(a: Matrix, a32: np.ndarray, b: Matrix, b32: np.ndarray, seed: int) 
     c = (a32.T @ b32).astype(np.float64)
     g = np.random.default_rng(seed).standard_normal((c.shape[1], GUARD_PROBES))
     residual = c @ g - a.T @ (b @ g)
-    a_sq = np.einsum("ij,ij->j", a, a)
-    b_sq = a_sq if b is a else np.einsum("ij,ij->j", b, b)
+    if a_sq is None:
+        a_sq = np.einsum("ij,ij->j", a, a)
+    if b_sq is None:
+        b_sq = a_sq if b is a else np.einsum("ij,ij->j", b, b)
     denominator = float(a_sq.sum()) * float(b_sq.sum())
     mean_sq = float(np.einsum("ij,ij->", residual, residual)) / GUARD_PROBES
     scale = math.sqrt(mean_sq / denominator) if denominator > 0 else 0.0
@@ -231,23 +258,41 @@ def _small_gram_eigenvalues(c: Matrix) -> Vector:
     return np.linalg.eigvalsh(gram)
 
 
-def _nuclear_from_eigenvalues(eigenvalues: Vector, inner: int) -> tuple[float, float]:
+def _nuclear_from_eigenvalues(eigenvalues: Vector, n: int) -> tuple[float, float]:
     """(||C||_*, bound on its error) from the eigenvalues of the smaller Gram matrix of C.
 
-    Forming the Gram matrix (`inner` terms per entry) and a backward-stable symmetric
-    eigensolver each perturb every eigenvalue by about n eps ||G||_2 at most: we take
-    delta = (inner + n) eps lambda_max. Square roots amplify that for small eigenvalues:
-    |sqrt(lam) - sqrt(lam_hat)| <= sqrt(lam_hat + delta) - sqrt(max(lam_hat - delta, 0)),
-    sqrt(delta) for an eigenvalue near zero (rank deficiency). The bound is that sum.
+    Forming the Gram matrix and a backward-stable symmetric eigensolver perturb each
+    eigenvalue by about n eps lambda_max (n = the larger dimension of C): delta. Square
+    roots amplify that for small eigenvalues, |sqrt(lam) - sqrt(lam_hat)| <=
+    sqrt(lam_hat + delta) - sqrt(max(lam_hat - delta, 0)), up to sqrt(delta) for an eigenvalue
+    near zero. The bound is the sum over all eigenvalues.
     """
     lam_max = float(eigenvalues[-1])
     if not lam_max > 0:
         return 0.0, 0.0
-    delta = (inner + eigenvalues.size) * np.finfo(np.float64).eps * lam_max
+    delta = n * np.finfo(np.float64).eps * lam_max
     positive = np.maximum(eigenvalues, 0.0)
     value = float(np.sum(np.sqrt(positive)))
-    bound = float(np.sum(np.sqrt(positive + delta) - np.sqrt(np.maximum(eigenvalues - delta, 0.0))))
-    return value, bound
+    upper, lower = np.sqrt(positive + delta), np.sqrt(np.maximum(eigenvalues - delta, 0.0))
+    return value, float(np.sum(upper - lower))
+
+
+def _nuclear_curvature(sigma: Vector, extra: int) -> float:
+    """sum_{i<j} 1 / (sigma_i + sigma_j) + extra sum_i 1 / (2 sigma_i); inf if any sigma is 0.
+
+    For C (d x d + extra) with singular values sigma and E with independent entries of variance
+    v, the second-order change of ||C + E||_* is sum_{i<j} (e_ij - e_ji)^2 / (2 (sigma_i +
+    sigma_j)) + sum_i sum_l e_il^2 / (2 sigma_i) (e = U^T E V, l over the extra columns), whose
+    mean is v times this. It is positive: rounding noise inflates the nuclear norm.
+    """
+    if not sigma.min() > 0:
+        return math.inf
+    half_inverse = float(np.sum(0.5 / sigma))
+    total = 0.0
+    step = max(1, (1 << 20) // sigma.size)
+    for start in range(0, sigma.size, step):
+        total += float(np.sum(1.0 / (sigma[start : start + step, None] + sigma[None, :])))
+    return (total - half_inverse) / 2 + extra * half_inverse
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,7 +342,7 @@ class _Rep:
         make the cross product rank deficient, which the nuclear norm's eigenvalue route avoids.
         """
         with self.stats.stage("centre"):
-            varies = np.any(self.x != self.x[0], axis=0)
+            varies = self.x.min(axis=0) != self.x.max(axis=0)
             return self.centred if varies.all() else self.centred[:, varies]
 
     @cached_property
@@ -305,6 +350,11 @@ class _Rep:
         """`work` rounded to float32 once, for the float32 products."""
         with self.stats.stage("centre"):
             return self.work.astype(np.float32)
+
+    @cached_property
+    def col_sq_norms(self) -> Vector:
+        """Squared norms of the columns of `work`, shape (D,): the float32 guards' weights."""
+        return np.einsum("ij,ij->j", self.work, self.work)
 
     @cached_property
     def sq_norm(self) -> float:
@@ -338,8 +388,8 @@ class _Rep:
         with self.stats.stage("gram norm"):
             w, w32 = self.work, self.work32
             if w.shape[1] > w.shape[0]:
-                w, w32 = w.T, w32.T
-            return _product(w, w32, w, w32, seed=1)
+                return _product(w.T, w32.T, w.T, w32.T, seed=1)
+            return _product(w, w32, w, w32, 1, self.col_sq_norms, self.col_sq_norms)
 
     def _gram_within(self, effect: Callable[[float], float]) -> float:
         """||Xc^T Xc||_F^2, from float32 where the guard allows.
@@ -401,12 +451,21 @@ class _Rep:
             n, d = self.x.shape
             with self.stats.stage("knn graph"):
                 if self.fast(n * n * d):
-                    self._neighbours = _knn_sets(self.work, ks)
+                    self._neighbours.update(_knn_sets(self.work, ks, self.stats))
                 else:
-                    # A row equal to the column mean is exactly zero in `centred` as in `work`.
                     nearest = _knn(self.centred, ks[-1])
-                    self._neighbours = {kk: nearest[:, :kk] for kk in ks}
+                    self._neighbours.update({kk: nearest[:, :kk] for kk in ks})
         return self._neighbours[k]
+
+    def sorted_neighbours(self, k: int) -> npt.NDArray[np.int32]:
+        """`neighbours(k)` with each row sorted, as int32 (cheaper to merge), shape (N, k)."""
+        key = -k  # kept beside the unsorted sets, which use positive keys
+        if key not in self._neighbours:
+            nearest = self.neighbours(k)
+            with self.stats.stage("knn graph"):
+                dtype = np.int32 if self.n < 2**31 else np.intp
+                self._neighbours[key] = np.sort(nearest, axis=1).astype(dtype)
+        return self._neighbours[key]
 
     def rtd_distances(self, opts: Options) -> list[Matrix]:
         """Per trial, the normalised distance matrix of the trial's rows (batch x batch)."""
@@ -446,7 +505,8 @@ class _Pair:
         if not self.fast:
             return self.exact_cross
         with self.stats.stage("cross product"):
-            return _product(self.a.work, self.a.work32, self.b.work, self.b.work32, seed=0)
+            a, b = self.a, self.b
+            return _product(a.work, a.work32, b.work, b.work32, 0, a.col_sq_norms, b.col_sq_norms)
 
     @cached_property
     def exact_cross(self) -> _Product:
@@ -475,21 +535,30 @@ class _Pair:
         """||C||_*; `effect` is procrustes_sim's change per unit change of the norm.
 
         The float32 product is kept where its first-order effect (GUARD_SIGMAS sd of
-        <U V^T, E>, U V^T the polar factor) plus the second-order bias (at most
-        ||E||_F^2 / sigma_min, which also catches a numerically rank-deficient C) stays
-        below GUARD_LIMIT. ||U V^T||_2 = 1 bounds sum_ij (UV^T)_ij^2 a_i b_j by
-        min(max(a) sum(b), max(b) sum(a)), so sd <= scale sqrt(that).
+        <U V^T, E>, U V^T the polar factor) plus the second-order bias (`_nuclear_curvature`,
+        infinite for a rank-deficient C, whose null space the noise would fill) stays below
+        GUARD_LIMIT. sd = scale sqrt(sum_ij (UV^T)_ij^2 a_i b_j) needs U and V, which the
+        eigenvalues do not give: it is replaced by an upper bound (see below).
         """
         if not self.fast:
             with self.stats.stage("nuclear norm"):
                 return float(np.sum(np.linalg.svd(self.cross.c, compute_uv=False)))
         cross, eigenvalues = self.cross, self._nuclear_eigenvalues
-        sigma_min = math.sqrt(max(float(eigenvalues[0]), 0.0))
         a, b = cross.a_sq, cross.b_sq
-        sd = cross.scale * math.sqrt(
-            min(float(a.max()) * float(b.sum()), float(b.max()) * float(a.sum()))
+        # sum_ij W_ij^2 a_i b_j for W = U V^T (rows and columns of norm <= 1): at most
+        # max(a) sum(b), max(b) sum(a) and, by Cauchy-Schwarz, ||a||_2 ||b||_2.
+        weighted = min(
+            float(a.max()) * float(b.sum()),
+            float(b.max()) * float(a.sum()),
+            float(np.linalg.norm(a)) * float(np.linalg.norm(b)),
         )
-        bias = cross.frobenius_error**2 / sigma_min if sigma_min > 0 else math.inf
+        sd = cross.scale * math.sqrt(weighted)
+        with self.stats.stage("nuclear norm"):
+            sigma = np.sqrt(np.maximum(eigenvalues, 0.0))
+            # Entry variances s^2 a_i b_j, rotated by U and V: at most s^2 max(a) max(b).
+            variance = cross.scale**2 * float(a.max()) * float(b.max())
+            shape = cross.c.shape
+            bias = variance * _nuclear_curvature(sigma, max(shape) - min(shape))
         if (GUARD_SIGMAS * sd + bias) * effect > GUARD_LIMIT:
             self.stats.fallback("cross product", f"{self.a.name} x {self.b.name}")
             cross = self.exact_cross
@@ -609,7 +678,7 @@ def _cosine_error_bound(d: int) -> float:
     return 1.001 * (gamma(d, u32) * (1 + u32) ** 2 + 2 * u32 + u32**2 + gamma(d, u64))
 
 
-def _knn_sets(xc: Matrix, ks: Sequence[int]) -> dict[int, Indices]:
+def _knn_sets(xc: Matrix, ks: Sequence[int], stats: _Stats | None = None) -> dict[int, Indices]:
     """Per k in `ks`, each row's exact k nearest rows by cosine similarity, shape (N, k).
 
     The sets equal those of `_knn` (float64, ties to the lower index); each row's order is not
@@ -618,13 +687,14 @@ def _knn_sets(xc: Matrix, ks: Sequence[int]) -> dict[int, Indices]:
     N x N matrix fits in KNN_FULL_BYTES, only blocks on and above the diagonal are multiplied,
     each block's transpose filling the rows below (half the float32 FLOPs).
     """
+    stats = stats or _Stats()
     unit = _unit_rows(xc)
     unit32 = unit.astype(np.float32)
     n, d = unit.shape
     delta = _cosine_error_bound(d)
     out = {k: np.empty((n, k), dtype=np.intp) for k in ks}
     step = max(1, min(n, KNN_PANEL_ENTRIES // n))
-    full = np.empty((n, n), dtype=np.float32) if 4 * n * n <= KNN_FULL_BYTES else None
+    full = stats.buffer("knn full", (n, n), np.float32) if 4 * n * n <= KNN_FULL_BYTES else None
     for start in range(0, n, step):
         stop = min(n, start + step)
         if full is not None:
@@ -633,10 +703,14 @@ def _knn_sets(xc: Matrix, ks: Sequence[int]) -> dict[int, Indices]:
             np.matmul(unit32[start:stop], unit32[start:].T, out=panel[:, start:])
             full[stop:, start:stop] = panel[:, stop:].T
         else:
-            panel = unit32[start:stop] @ unit32.T
+            panel = np.matmul(
+                unit32[start:stop],
+                unit32.T,
+                out=stats.buffer("knn panel", (stop - start, n), np.float32),
+            )
         local = np.arange(stop - start)
         panel[local, start + local] = -np.inf
-        _select_knn(panel, start, unit, ks, delta, out)
+        _select_knn(panel, start, unit, ks, delta, out, stats)
     return out
 
 
@@ -647,6 +721,7 @@ def _select_knn(
     ks: Sequence[int],
     delta: float,
     out: dict[int, Indices],
+    stats: _Stats,
 ) -> None:
     """Fill rows start.. of `out` from a panel of float32 similarities (self at -inf).
 
@@ -655,19 +730,36 @@ def _select_knn(
     """
     h, n = panel.shape
     k_max = max(ks)
-    kth = np.partition(panel, n - k_max, axis=1)[:, n - k_max]
-    lower = (kth - 2 * delta)[:, None]
-    counts = np.count_nonzero(panel >= lower, axis=1)
-    wide = counts > k_max + KNN_WIDE_EXTRA
-    rows = np.flatnonzero(~wide)
-    if rows.size:
-        m = int(counts[rows].max())
-        sub = panel if rows.size == h else panel[rows]
-        # The m largest of each row hold all its candidates (rows with fewer get extra columns
-        # below their threshold, which never qualify).
-        cand = np.argpartition(sub, n - m, axis=1)[:, n - m :]
-        _resolve_knn(np.take_along_axis(sub, cand, axis=1), cand, start + rows, unit, delta, out)
-    for r in np.flatnonzero(wide):
+    scratch = stats.buffer("knn partition", (h, n), np.float32)
+    np.copyto(scratch, panel)
+    scratch.partition(n - k_max, axis=1)
+    lower = scratch[:, n - k_max : n - k_max + 1] - 2 * delta
+    mask = np.greater_equal(panel, lower, out=stats.buffer("knn mask", (h, n), np.bool_))
+    # Row-major, so each row's candidates come together; flat indices are 4x faster than
+    # np.nonzero's two index arrays.
+    flat = np.flatnonzero(mask)
+    rows = flat // n
+    counts = np.bincount(rows, minlength=h)
+    wide = np.flatnonzero(counts > k_max + KNN_WIDE_EXTRA)
+    if wide.size:
+        keep = ~np.isin(rows, wide)
+        flat, rows = flat[keep], rows[keep]
+        counts[wide] = 0
+    cols = flat - rows * n
+    m = int(counts.max())
+    if m:
+        # Candidates of each row, padded to m with -inf (never within a band).
+        offsets = np.cumsum(counts) - counts
+        place = np.arange(rows.size) - offsets[rows]
+        vals = np.full((h, m), -np.inf, dtype=np.float32)
+        cand = np.zeros((h, m), dtype=np.intp)
+        vals[rows, place] = panel[rows, cols]
+        cand[rows, place] = cols
+        normal = np.flatnonzero(counts)
+        if normal.size < h:
+            vals, cand = vals[normal], cand[normal]
+        _resolve_knn(vals, cand, start + normal, unit, delta, out)
+    for r in wide:
         cand = np.flatnonzero(panel[r] >= lower[r])[None, :]
         _resolve_knn(panel[r, cand], cand, np.array([start + r]), unit, delta, out)
 
@@ -703,7 +795,7 @@ def _resolve_knn(
             group = np.repeat(np.arange(need.size), lengths)
             within = np.arange(int(lengths.sum())) - offsets[group]
             rows, cols = need[group], cand[need[group], first[group] + within]
-            exact = np.einsum("ij,ij->i", unit[row_ids[rows]], unit[cols])
+            exact = _exact_cosines(unit, row_ids[rows], cols)
             # Band entries grouped by row, each group ranked by (similarity desc, index asc).
             ranked = np.lexsort((cols, -exact, group))
             rank = np.arange(ranked.size) - offsets[group[ranked]]
@@ -713,9 +805,53 @@ def _resolve_knn(
         result[row_ids] = chosen
 
 
+# Pairs per chunk when re-scoring k-NN candidates in float64.
+KNN_RESCORE_CHUNK = 64
+
+
+def _exact_cosines(unit: Matrix, rows: Indices, cols: Indices) -> Vector:
+    """unit[rows[i]] . unit[cols[i]] in float64, the same bits for the same two rows wherever
+    they occur (exact ties must stay ties, for the index to break them).
+
+    Both factors are copied into buffers whose rows start 64-byte aligned and are zero-padded
+    to a multiple of 8 entries: every dot product then runs the same SIMD sequence. Small
+    chunks keep the copies in cache; two threads share the random reads of the rows, which
+    are bound by memory latency (numpy releases the GIL in `take` and `einsum`).
+    """
+    out = np.empty(rows.size)
+    d = unit.shape[1]
+    width = -(-d // 8) * 8
+    step = KNN_RESCORE_CHUNK
+
+    def run(lo: int, hi: int) -> None:
+        buffers = []
+        for _ in range(2):
+            raw = np.zeros(step * width + 8)
+            skip = (-raw.ctypes.data % 64) // 8
+            buffers.append(raw[skip : skip + step * width].reshape(step, width))
+        left, right = buffers
+        for start in range(lo, hi, step):
+            stop = min(hi, start + step)
+            m = stop - start
+            np.take(unit, rows[start:stop], axis=0, out=left[:m, :d])
+            np.take(unit, cols[start:stop], axis=0, out=right[:m, :d])
+            out[start:stop] = np.einsum("ij,ij->i", left[:m], right[:m])
+
+    half = (rows.size // 2 // step) * step
+    if half < 8 * step:
+        run(0, rows.size)
+    else:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            for done in [pool.submit(run, 0, half), pool.submit(run, half, rows.size)]:
+                done.result()
+    return out
+
+
 def _jaccard_pair(p: _Pair, opts: Options) -> float:
     k = opts.k
-    both = np.sort(np.concatenate([p.a.neighbours(k), p.b.neighbours(k)], axis=1), axis=1)
+    # Two sorted runs per row: a stable sort merges them in linear time.
+    both = np.concatenate([p.a.sorted_neighbours(k), p.b.sorted_neighbours(k)], axis=1)
+    both.sort(axis=1, kind="stable")
     # Each neighbourhood lists k distinct rows, so a repeated index is one shared neighbour.
     shared = np.count_nonzero(both[:, 1:] == both[:, :-1], axis=1)
     return float(np.mean(shared / (2 * k - shared)))
@@ -743,7 +879,9 @@ JSD_CHUNK_ENTRIES = 1 << 20
 
 def _entropy(probs: Matrix) -> Vector:
     """-sum p log p per row, in nats, with 0 log 0 = 0."""
-    return -np.einsum("ij,ij->i", probs, np.log(np.where(probs > 0, probs, 1.0)))
+    logs = np.zeros_like(probs)
+    np.log(probs, out=logs, where=probs > 0)
+    return -np.einsum("ij,ij->i", probs, logs)
 
 
 def _jsd_pair(p: _Pair, opts: Options) -> float:
@@ -844,8 +982,9 @@ def _value(measure: Measure, pair: _Pair, opts: Options) -> float:
 def _compare_arrays(name: str, X: npt.ArrayLike, Y: npt.ArrayLike, opts: Options) -> float:
     measure = MEASURES.get(name)
     variance = measure.kind == "representational"
-    a = _Rep(X, "X", require_variance=variance, knn_ks=(opts.k,))
-    b = _Rep(Y, "Y", require_variance=variance, knn_ks=(opts.k,))
+    stats = _Stats()
+    a = _Rep(X, "X", require_variance=variance, knn_ks=(opts.k,), stats=stats)
+    b = _Rep(Y, "Y", require_variance=variance, knn_ks=(opts.k,), stats=stats)
     _check(measure, a, b, opts)
     return _value(measure, _Pair(a, b), opts)
 

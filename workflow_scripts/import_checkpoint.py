@@ -13,7 +13,9 @@ def main(smk) -> None:
         sha256=smk.params.sha256,
         output=smk.output.ckpt,
         trust_on_first_use=smk.params.trust_on_first_use,
-        extra={"provenance": io.provenance(study=smk.wildcards.study, eps=float(smk.wildcards.eps))},
+        extra={
+            "provenance": io.provenance(study=smk.wildcards.study, eps=float(smk.wildcards.eps))
+        },
     )
 
 

@@ -427,3 +427,216 @@ def test_compare_pairs_rejects_bad_pairs_keys_k_and_names() -> None:
         compare_pairs(matrices, pairs[:1], ["jaccard"], jaccard_k=(10, 80))
     with pytest.raises(KeyError, match="unknown measure 'CKA'"):
         compare_pairs(matrices, pairs[:1], ["CKA"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The float32 fast path against the float64 one (TOLERANCE), its guards and its exact k-NN.
+
+
+def post_relu(n: int, widths: tuple[int, ...], seed: int) -> dict[str, np.ndarray]:
+    """Correlated non-negative float32 features: a shared latent factor, ReLU, several widths."""
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((n, 32)) * np.geomspace(4.0, 0.1, 32)
+    out = {}
+    for i, d in enumerate(widths):
+        pre = z @ rng.standard_normal((32, d)) + 0.3 * rng.standard_normal((n, d))
+        out[f"m{i}"] = np.maximum(pre + rng.uniform(-1.5, 0.5, d), 0.0).astype(np.float32)
+    return out
+
+
+def by_key(rows: list[dict]) -> dict:
+    return {(r["a"], r["b"], r["measure"], r["k"]): r["value"] for r in rows}
+
+
+FAST_MEASURES = ["cka", "cka_unbiased", "procrustes_sim", "jaccard"]
+
+
+@pytest.fixture
+def float32_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small test matrices take the float32 paths too (by default only large products do)."""
+    monkeypatch.setattr(similarity, "FLOAT32_MIN_MACS", 1)
+
+
+@pytest.mark.usefixtures("float32_everywhere")
+def test_float32_path_matches_float64_on_post_relu_features() -> None:
+    features = post_relu(1500, (256, 512, 512, 700), seed=0)
+    assert 0.4 < np.mean(features["m1"] == 0) < 0.8  # post-ReLU: many exact zeros
+    keys = list(features)
+    pairs = [(a, b) for i, a in enumerate(keys) for b in keys[i + 1 :]]
+    stats: dict = {}
+    fast = by_key(
+        compare_pairs(features, pairs, FAST_MEASURES, jaccard_k=(10, 50, 200), stats=stats)
+    )
+    exact = by_key(
+        compare_pairs(features, pairs, FAST_MEASURES, jaccard_k=(10, 50, 200), precision="float64")
+    )
+    assert fast.keys() == exact.keys()
+    for key, value in exact.items():
+        assert abs(fast[key] - value) <= similarity.TOLERANCE, key
+        if key[2] == "jaccard":
+            assert fast[key] == value, key  # the same neighbour sets, so the same number
+    assert stats["fallbacks"] == {}  # realistic data: no guard needed float64
+    assert {"cross product", "gram norm", "nuclear norm", "knn graph"} <= stats["seconds"].keys()
+
+
+@pytest.mark.usefixtures("float32_everywhere")
+def test_float32_products_carry_an_error_estimate_that_matches_the_actual_error() -> None:
+    features = post_relu(1000, (150, 250), seed=1)
+    a = similarity._Rep(features["m0"], "a", require_variance=True)
+    b = similarity._Rep(features["m1"], "b", require_variance=True)
+    pair = similarity._Pair(a, b)
+    assert pair.fast and pair.cross.scale > 0
+    actual = np.linalg.norm(pair.cross.c - a.centred.T @ b.centred)
+    # The probe estimate of ||E||_F is a few-sample average: right within a factor of 2.
+    assert 0.5 < pair.cross.frobenius_error / actual < 2.0
+
+
+@pytest.mark.usefixtures("float32_everywhere")
+def test_cross_product_and_gram_guards_fall_back_to_float64(monkeypatch) -> None:
+    monkeypatch.setattr(similarity, "GUARD_LIMIT", 0.0)  # no float32 error is small enough
+    features = post_relu(800, (100, 140), seed=2)
+    pairs = [("m0", "m1")]
+    stats: dict = {}
+    measures = ["cka", "cka_unbiased", "procrustes_sim"]
+    fast = by_key(compare_pairs(features, pairs, measures, stats=stats))
+    exact = by_key(compare_pairs(features, pairs, measures, precision="float64"))
+    assert stats["fallbacks"]["cross product"] == 3  # once per measure
+    assert stats["fallbacks"]["gram norm"] == 4  # cka and cka_unbiased, per matrix
+    for key, value in exact.items():
+        assert fast[key] == pytest.approx(value, abs=1e-12), key
+
+
+@pytest.mark.usefixtures("float32_everywhere")
+def test_rank_deficient_cross_product_falls_back_to_the_svd() -> None:
+    # Duplicated columns: C = Xc^T Yc has rank 60 of 120, so its small Gram matrix has 60 zero
+    # eigenvalues, whose square roots the eigenvalue route cannot resolve.
+    features = post_relu(600, (60, 90), seed=3)
+    features["m0"] = np.hstack([features["m0"], features["m0"]])
+    stats: dict = {}
+    pairs = [("m0", "m1")]
+    fast = by_key(compare_pairs(features, pairs, ["procrustes_sim"], stats=stats))
+    exact = by_key(compare_pairs(features, pairs, ["procrustes_sim"], precision="float64"))
+    assert stats["fallbacks"] == {"cross product": 1, "nuclear norm": 1}
+    key = ("m0", "m1", "procrustes_sim", None)
+    assert fast[key] == pytest.approx(exact[key], abs=1e-12)
+
+
+def test_nuclear_norm_from_eigenvalues_and_its_bound() -> None:
+    rng = np.random.default_rng(0)
+    c = rng.standard_normal((40, 70))
+    value, bound = similarity._nuclear_from_eigenvalues(similarity._small_gram_eigenvalues(c), 70)
+    assert value == pytest.approx(np.linalg.svd(c, compute_uv=False).sum(), rel=1e-13)
+    assert bound < 1e-12 * value  # well conditioned: far inside NUCLEAR_RTOL
+    low_rank = c[:, :10] @ rng.standard_normal((10, 70))
+    eigenvalues = similarity._small_gram_eigenvalues(low_rank)
+    value, bound = similarity._nuclear_from_eigenvalues(eigenvalues, 70)
+    assert bound > similarity.NUCLEAR_RTOL * value  # 30 zero eigenvalues: route refused
+
+
+def reference_sets(xc: np.ndarray, ks: tuple[int, ...]) -> dict[int, np.ndarray]:
+    nearest = similarity._knn(xc, max(ks))
+    return {k: np.sort(nearest[:, :k], axis=1) for k in ks}
+
+
+def tied_features(seed: int) -> np.ndarray:
+    """Centred rows with exact ties: duplicated rows, all-zero rows (which centre to the same
+    row) and rows of exact zeros after centring (no direction: cosine 0 to every row)."""
+    x = post_relu(700, (120,), seed)["m0"].astype(np.float64)
+    x[:60] = x[100:160]
+    x[200:230] = 0.0
+    xc = x - x.mean(axis=0)
+    xc[300:305] = 0.0
+    return xc
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_float32_knn_sets_equal_the_float64_ones_with_exact_ties(
+    monkeypatch: pytest.MonkeyPatch, symmetric: bool
+) -> None:
+    xc = tied_features(4)
+    rescored = []
+    original = similarity._exact_cosines
+
+    def counting(unit, rows, cols):
+        rescored.append(rows.size)
+        return original(unit, rows, cols)
+
+    monkeypatch.setattr(similarity, "_exact_cosines", counting)
+    # Several panels, the symmetric or the panel-only product, narrow rows' one-by-one path.
+    monkeypatch.setattr(similarity, "KNN_PANEL_ENTRIES", 130 * len(xc))
+    monkeypatch.setattr(similarity, "KNN_FULL_BYTES", 1 << 30 if symmetric else 0)
+    monkeypatch.setattr(similarity, "KNN_WIDE_EXTRA", 16)
+    ks = (1, 5, 40, 150)
+    fast = similarity._knn_sets(xc, ks)
+    expected = reference_sets(xc, ks)
+    for k in ks:
+        got = np.sort(fast[k], axis=1)
+        assert np.array_equal(got, expected[k]), k
+    assert sum(rescored) > 0  # the float64 re-ranking at the k-th boundary did run
+
+
+@pytest.mark.usefixtures("float32_everywhere")
+def test_jaccard_float32_path_breaks_ties_like_the_float64_path() -> None:
+    xc = tied_features(5)
+    y = post_relu(700, (90,), 6)["m0"]
+    y[:60] = y[100:160]
+    matrices = {"x": xc, "y": y}
+    ks = (3, 10, 60)
+    fast = by_key(compare_pairs(matrices, [("x", "y")], ["jaccard"], jaccard_k=ks))
+    exact = by_key(
+        compare_pairs(matrices, [("x", "y")], ["jaccard"], jaccard_k=ks, precision="float64")
+    )
+    assert fast == exact
+
+
+def test_public_functions_on_large_inputs_use_float32_within_tolerance() -> None:
+    features = post_relu(3000, (160, 200), seed=7)
+    x, y = features["m0"], features["m1"]
+    assert 3000 * 160 * 200 >= similarity.FLOAT32_MIN_MACS  # the fast path is the default here
+    exact = by_key(
+        compare_pairs(features, [("m0", "m1")], FAST_MEASURES, jaccard_k=(10,), precision="float64")
+    )
+    for name in FAST_MEASURES:
+        value = MEASURES.get(name).fn(x, y)
+        assert value == pytest.approx(
+            exact[("m0", "m1", name, 10 if name == "jaccard" else None)], abs=similarity.TOLERANCE
+        )
+        assert MEASURES.get(name).fn(x, x.copy()) == 1.0
+
+
+def test_jsd_from_cached_entropies_matches_rel_entr() -> None:
+    rng = np.random.default_rng(8)
+    a = 4.0 * rng.standard_normal((400, 1000))
+    b = a + 3.0 * rng.standard_normal(a.shape)
+    a[0, 0], b[1, 5] = 800.0, 900.0  # softmax rows that underflow to exact zeros
+    matrices = {"a": a.astype(np.float32), "b": b.astype(np.float32)}
+    fast = by_key(compare_pairs(matrices, [("a", "b")], ["jsd_sim"]))
+    exact = by_key(compare_pairs(matrices, [("a", "b")], ["jsd_sim"], precision="float64"))
+    assert fast[("a", "b", "jsd_sim", None)] == pytest.approx(
+        exact[("a", "b", "jsd_sim", None)], abs=1e-12
+    )
+
+
+def test_compare_pairs_rejects_an_unknown_precision() -> None:
+    with pytest.raises(ValueError, match="precision must be one of.*got 'float16'"):
+        compare_pairs({"x": GOOD}, [("x", "x")], ["cka"], precision="float16")
+
+
+def test_importing_similarity_does_not_import_scipy() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, robuniv.similarity; print(sorted(m for m in sys.modules if m.startswith('scipy')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_exact_cosines_give_the_same_bits_wherever_a_pair_occurs() -> None:
+    # Enough pairs for the two-thread split; an odd width exercises the zero padding.
+    rng = np.random.default_rng(9)
+    unit = similarity._unit_rows(rng.standard_normal((300, 37)))
+    rows, cols = rng.integers(0, 300, 5000), rng.integers(0, 300, 5000)
+    values = similarity._exact_cosines(unit, rows, cols)
+    perm = rng.permutation(5000)
+    assert np.array_equal(similarity._exact_cosines(unit, rows[perm], cols[perm]), values[perm])
+    assert values == pytest.approx(np.einsum("ij,ij->i", unit[rows], unit[cols]), abs=1e-15)

@@ -37,9 +37,7 @@ def one_hot(classes: np.ndarray) -> np.ndarray:
     return np.eye(C)[classes] * 5.0
 
 
-def planted_study(
-    tmp_path: Path, n_models: int = 6, n: int = 120
-) -> tuple[Path, list[ModelKey]]:
+def planted_study(tmp_path: Path, n_models: int = 6, n: int = 120) -> tuple[Path, list[ModelKey]]:
     """Models whose features share structure on the inputs all classify alike, none elsewhere.
 
     Inputs 0..59 are classified alike by every model; on the others, each model predicts
@@ -117,7 +115,9 @@ def test_mismatched_rows_and_predictive_measures_are_refused(tmp_path: Path) -> 
     with pytest.raises(ValueError, match="agreement"):
         agreement_subset_table(*files, study="s", eps=1.0, measures=["agreement"])
     path, models = files
-    groups = {activation_group(m, None): io.read_h5(path, activation_group(m, None)) for m in models}
+    groups = {
+        activation_group(m, None): io.read_h5(path, activation_group(m, None)) for m in models
+    }
     second = groups[activation_group(models[1], None)]
     second["indices"] = second["indices"][::-1].copy()
     io.write_h5(path, groups, {})

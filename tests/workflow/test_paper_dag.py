@@ -97,7 +97,8 @@ def test_paper_dag_lists_every_job(roots: Path) -> None:
 
 
 def test_planner_prices_exactly_the_jobs_snakemake_plans(roots: Path) -> None:
-    from robuniv.plan import job_counts as planned, load_config
+    from robuniv.plan import job_counts as planned
+    from robuniv.plan import load_config
 
     result = dry_run(roots, "paper.yaml")
     counts = job_counts(result.stdout + result.stderr)
