@@ -21,6 +21,7 @@ import json
 import logging
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -307,13 +308,16 @@ def main(argv: list[str] | None = None) -> None:
     similarity = sub.add_parser(
         "similarity", help="the similarity stage against a recompute-per-pair baseline"
     )
-    similarity.add_argument("rest", nargs=argparse.REMAINDER)
-    args = parser.parse_args(argv)
-    if args.command == "similarity":
+    similarity.add_argument("options", nargs="*", help="see python -m robuniv.bench_similarity -h")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["similarity"]:
+        # Its options belong to robuniv.bench_similarity's own parser.
         from robuniv.bench_similarity import main as similarity_main
 
-        similarity_main(args.rest)
-    elif args.command == "networks":
+        similarity_main(argv[1:])
+        return
+    args = parser.parse_args(argv)
+    if args.command == "networks":
         _networks_main(args)
     elif args.command == "rtd":
         result = time_rtd(batch=args.batch, barcodes=args.barcodes)

@@ -419,9 +419,12 @@ def main(argv: list[str] | None = None) -> None:
         "--no-baseline", action="store_true", help="time the workflow path only (fast)"
     )
     args = parser.parse_args(argv)
-    result = run(
-        n=args.n, seed=args.seed, jaccard_k=DEFAULT_K, include_baseline=not args.no_baseline
-    )
+    try:
+        result = run(
+            n=args.n, seed=args.seed, jaccard_k=DEFAULT_K, include_baseline=not args.no_baseline
+        )
+    except ValueError as err:
+        parser.error(str(err))
     print(format_report(result))
     if args.json is not None:
         _write_json(args.json, result)
