@@ -7,7 +7,10 @@ before any job starts. Reading images imports torch lazily.
 from __future__ import annotations
 
 import gzip
+import hashlib
+import io
 import logging
+import pickle
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -152,25 +155,122 @@ DATASETS.register(
 
 # --- CIFAR-10 (torchvision's format) ----------------------------------------
 
+# Published md5 of each file of the python version (torchvision.datasets.CIFAR10's
+# train_list, test_list and meta). A mismatch is only warned about, see `_read_cifar10_batch`.
+_CIFAR10_MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+    "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
+}
+
+
+def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
+    """`_codecs.encode` as Python 3 writes bytes into protocol-2 pickles, latin1 only:
+    the one use such files make of it, so no other codec is reachable from a file."""
+    if encoding != "latin1":
+        raise pickle.UnpicklingError(f"refused _codecs.encode with encoding {encoding!r}")
+    return text.encode("latin1")
+
+
+def _cifar10_pickle_globals() -> dict[tuple[str, str], object]:
+    """The only globals a CIFAR-10 batch may name, mapped to the objects they stand for.
+
+    Genuine batches (Python 2 protocol-2 pickles) name numpy.core.multiarray._reconstruct,
+    numpy.ndarray and numpy.dtype; copies written by numpy 2 name numpy._core, Python 3's
+    protocol 2 adds _codecs.encode for bytes and protocol 5 numpy's _frombuffer. The numpy
+    functions are taken from numpy's own pickling, so no private module is imported and
+    the old and new module names both resolve to the installed numpy's function.
+    """
+    probe = np.zeros(1, np.uint8)
+    reconstruct = probe.__reduce__()[0]
+    frombuffer = probe.__reduce_ex__(5)[0]
+    return {
+        ("numpy.core.multiarray", "_reconstruct"): reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): reconstruct,
+        ("numpy.core.numeric", "_frombuffer"): frombuffer,
+        ("numpy._core.numeric", "_frombuffer"): frombuffer,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): _latin1_encode,
+    }
+
+
+class _CifarBatchUnpickler(pickle.Unpickler):
+    """Unpickling calls whatever globals a file names, so a crafted batch could run code.
+    This one resolves only `_cifar10_pickle_globals()`; any other name is refused before
+    anything is looked up, so it is never imported nor called."""
+
+    def __init__(self, data: bytes, path: Path) -> None:
+        # latin1 turns Python 2 str (keys, raw array bytes) into str, as torchvision reads them.
+        super().__init__(io.BytesIO(data), encoding="latin1")
+        self._path = path
+        self._allowed = _cifar10_pickle_globals()
+
+    def find_class(self, module: str, name: str) -> object:
+        try:
+            return self._allowed[(module, name)]
+        except KeyError:
+            raise DatasetError(
+                f"{self._path}: refused to unpickle global '{module}.{name}' "
+                "(CIFAR-10 batches hold only numpy arrays and lists)"
+            ) from None
+
+
+# Files already warned about in this process (each is read once per split opened).
+_MD5_WARNED: set[Path] = set()
+
+
+def _read_cifar10_batch(path: Path) -> object:
+    """One batch file, checked against its published md5, then unpickled restrictedly.
+
+    The restricted unpickler is the defence: it admits numpy arrays, lists, dicts and
+    strings and nothing that runs code. The md5 only warns, because copies written locally
+    in the same layout (tests, the workflow's dry-run fixtures, re-encoded mirrors) are
+    read on purpose (torchvision's hard check is why it is not used); a researcher still
+    sees, once per file, that the bytes are not the published ones.
+    """
+    data = path.read_bytes()
+    expected = _CIFAR10_MD5.get(path.name)
+    if expected is not None and path not in _MD5_WARNED:
+        actual = hashlib.md5(data, usedforsecurity=False).hexdigest()
+        if actual != expected:
+            _MD5_WARNED.add(path)
+            log.warning(
+                "%s: md5 %s is not the published %s; not the official CIFAR-10 file, "
+                "read anyway (only numpy arrays and lists are unpickled)",
+                path,
+                actual,
+                expected,
+            )
+    try:
+        return _CifarBatchUnpickler(data, path).load()
+    except DatasetError:
+        raise
+    except Exception as err:  # noqa: BLE001 - damaged bytes fail with many error types
+        raise DatasetError(f"{path} is not a CIFAR-10 batch: {type(err).__name__}: {err}") from None
+
 
 def _cifar10_arrays(root: Path, split: Split) -> tuple[np.ndarray, np.ndarray]:
     """torchvision's CIFAR-10 layout (python pickle batches), read without its checksum test.
 
-    torchvision's own reader rejects copies written locally (their md5 differs), and the
-    batch files are plain pickles of numpy arrays, so they are read directly.
+    torchvision's own reader rejects copies written locally (their md5 differs), so the
+    batches are read here, through an unpickler that admits only numpy arrays and lists.
     """
-    import pickle
-
     folder = root / "cifar-10-batches-py"
     names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
     images, labels = [], []
     for name in names:
-        with open(folder / name, "rb") as fh:
-            batch = pickle.load(fh, encoding="latin1")
+        batch = _read_cifar10_batch(folder / name)
         try:
+            if not isinstance(batch, dict):
+                raise TypeError(f"holds a {type(batch).__name__}, not a dict")
             data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
             labels.append(np.asarray(batch["labels"], dtype=np.int64))
-        except (KeyError, ValueError) as err:
+        except (KeyError, ValueError, TypeError) as err:
             raise DatasetError(f"{folder / name} is not a CIFAR-10 batch: {err}") from None
         images.append(data)
     return np.concatenate(images), np.concatenate(labels)
