@@ -359,6 +359,17 @@ def _invert_batch(
             m = momentum * m + (1 - momentum) * _normalized(grad)
             s = torch.clamp(s - step_size * m, 0, 1)
             bar.update()
+    if amp:
+        # The recorded loss is the study's check that an inversion converged: measure the
+        # kept images in float32, so it means the same whatever precision searched for them
+        # (bfloat16 features alone carry a rounding error of ~1 % of this loss).
+        with torch.no_grad():
+            exact_target = features_and_logits(model, target, layer)[0].float()
+            best_loss = _relative_distance(
+                features_and_logits(model, best_s, layer)[0].float(),
+                exact_target,
+                torch.linalg.vector_norm(exact_target, dim=1).clamp_min(1e-12),
+            )
     return best_s, best_loss
 
 

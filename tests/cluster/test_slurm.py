@@ -85,7 +85,10 @@ def run_slurm(workdir: Path, config: Path, *args: str, timeout: int = 1500, env=
         "timeout", "-s", "INT", str(timeout),  # the executor ignores SIGTERM while polling
         sys.executable, "-m", "snakemake", "--profile", str(PROFILE),
         "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-        "--configfile", str(config), "--jobs", "2", *args,
+        "--configfile", str(config), "--jobs", "2",
+        # The profile waits 20 s before a job's first status check (kind to a real
+        # slurmctld); the test cluster's jobs take seconds, so poll sooner.
+        "--slurm-init-seconds-before-status-checks", "2", *args,
     ]  # fmt: skip
     return subprocess.run(command, capture_output=True, text=True, env=env, check=False)
 

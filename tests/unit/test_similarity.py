@@ -475,7 +475,11 @@ def test_float32_path_matches_float64_on_post_relu_features() -> None:
         assert abs(fast[key] - value) <= similarity.TOLERANCE, key
         if key[2] == "jaccard":
             assert fast[key] == value, key  # the same neighbour sets, so the same number
-    assert stats["fallbacks"] == {}  # realistic data: no guard needed float64
+    # Where the guards fall back depends on the BLAS kernel's float32 rounding: none on an
+    # AVX2 OpenBLAS, the nuclear norms of 5 of 6 pairs at this N with AVX-512 (estimated
+    # error scale 2e-7, at N = 10,000 in `robuniv.bench similarity` none). Values agree
+    # either way (above); the Gram norms and k-NN blocks never need float64 on such data.
+    assert set(stats["fallbacks"]) <= {"cross product"}, stats["fallbacks"]
     assert {"cross product", "gram norm", "nuclear norm", "knn graph"} <= stats["seconds"].keys()
 
 
