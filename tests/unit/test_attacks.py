@@ -1,8 +1,7 @@
 from __future__ import annotations
 
-import time
-
 import math
+import time
 from pathlib import Path
 
 import numpy as np
