@@ -266,6 +266,27 @@ def inversion_examples(
     }
 
 
+def _extract(
+    model: RobustModel,
+    images: torch.utils.data.Dataset,
+    layer: str,
+    extraction: Mapping[str, Any],
+    device: str,
+    desc: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`extract` with the config's `activations` block (batch size, amp, channels-last)."""
+    return extract(
+        model,
+        images,
+        layer=layer,
+        batch_size=extraction["batch_size"],
+        device=device,
+        amp=extraction["amp"],
+        channels_last=extraction["channels_last"],
+        desc=desc,
+    )
+
+
 def _load_models(
     checkpoints: Mapping[ModelKey, str | Path], layers: Mapping[str, str], device: str
 ) -> dict[ModelKey, tuple[RobustModel, str]]:
@@ -324,15 +345,8 @@ def activations_stage(
             )
         for source, images, indices, meta in sources:
             for key, (model, layer) in models.items():
-                features, logits = extract(
-                    model,
-                    images,
-                    layer=layer,
-                    batch_size=extraction["batch_size"],
-                    device=device,
-                    amp=extraction["amp"],
-                    channels_last=extraction["channels_last"],
-                    desc=f"{key.name} on {meta['input_set']}",
+                features, logits = _extract(
+                    model, images, layer, extraction, device, f"{key.name} on {meta['input_set']}"
                 )
                 arrays = {
                     "features": features,
@@ -373,15 +387,8 @@ def probe_features_stage(
     split = open_split(name, root, "train", indices=rows)
     with io.h5_writer(output, provenance) as fh:
         for key, (model, layer) in models.items():
-            features, _ = extract(
-                model,
-                split,
-                layer=layer,
-                batch_size=extraction["batch_size"],
-                device=device,
-                amp=extraction["amp"],
-                channels_last=extraction["channels_last"],
-                desc=f"{key.name} on the train split",
+            features, _ = _extract(
+                model, split, layer, extraction, device, f"{key.name} on the train split"
             )
             arrays = {"features": features, "labels": split.labels, "indices": rows}
             meta = {"layer": layer, **_checkpoint_meta(checkpoints[key])}
