@@ -79,7 +79,9 @@ def write_release(path: Path, state: dict[str, Tensor], *, key: str = "model") -
     return sha256_file(path)
 
 
-@pytest.mark.parametrize("arch", PAPER_ARCHS)
+# wide_resnet50_4 has wide_resnet50_2's layout at twice the width: a 1 GB round trip that
+# adds 20 s and no key the other Wide ResNet lacks.
+@pytest.mark.parametrize("arch", [a for a in PAPER_ARCHS if a != "wide_resnet50_4"])
 def test_published_layout_imports_strictly_with_equal_weights_and_outputs(
     arch: str, scratch: Path
 ) -> None:

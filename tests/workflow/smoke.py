@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -82,3 +83,21 @@ def planned_jobs(workdir: Path, config: Path, *targets: str) -> dict[str, int]:
             elif parts and parts[0] == "total":
                 break
     return jobs
+
+
+@dataclass
+class Interference:
+    """What two snakemake calls did in the folder of a running smoke study."""
+
+    plain: subprocess.CompletedProcess
+    rerun_incomplete: subprocess.CompletedProcess
+    first_still_running: bool
+    locks: Path
+
+
+@dataclass
+class SmokeSession:
+    """The session's two smoke runs, and what interfering with the second one did."""
+
+    runs: list[Path]
+    interference: Interference

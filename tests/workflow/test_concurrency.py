@@ -2,67 +2,31 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import time
 from pathlib import Path
 
 import yaml
-from smoke import STUDY, command, snakemake, write_config
-
-# Every model of the smoke study: with one core, long enough (8 training jobs) for the
-# second process to build its DAG and reach the lock while the first still holds it.
-MODELS = [
-    f"results/{STUDY}/models/{arch}/eps{eps}/run{run}.pt"
-    for arch in ("resnet18", "vgg16_bn")
-    for eps in (0, 1)
-    for run in (0, 1)
-]
+from smoke import STUDY, SmokeSession, snakemake, write_config
 
 
-def test_a_second_snakemake_in_the_same_folder_stops_at_the_lock_and_harms_nothing(
-    tmp_path: Path, fashion_mnist_root: Path, smoke_runs: list[Path]
+def test_a_second_snakemake_in_a_running_folder_stops_and_harms_nothing(
+    smoke_session: SmokeSession,
 ) -> None:
-    config = write_config(tmp_path / "config.yaml", fashion_mnist_root)
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
-    first = subprocess.Popen(
-        command(tmp_path, config, "--cores", "1", *MODELS),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
-    try:
-        # Snakemake locks the folder once the DAG is built, before the job starts.
-        locks = tmp_path / ".snakemake" / "locks"
-        deadline = time.monotonic() + 120
-        while not (locks.is_dir() and any(locks.iterdir())):
-            assert first.poll() is None, first.communicate()[0]
-            assert time.monotonic() < deadline, "the first snakemake never took its lock"
-            time.sleep(0.1)
-        # A plain second run stops at the lock, or, once the first's job has started, at its
-        # outputs marked incomplete;
-        # with --rerun-incomplete (as the SLURM profile sets it, and as that message advises)
-        # it must stop at the lock rather than delete the running job's files.
-        plain = snakemake(tmp_path, config, *MODELS, check=False)
-        second = snakemake(tmp_path, config, "--rerun-incomplete", *MODELS, check=False)
-        still_running = first.poll() is None
-        out, _ = first.communicate(timeout=600)
-    finally:
-        if first.poll() is None:
-            first.kill()
-    assert still_running, "the first snakemake ended before the second reached the lock"
-    assert plain.returncode != 0
-    # Which check comes first depends on whether the first's job has started yet.
-    said = plain.stdout + plain.stderr
+    """Two snakemake calls in the folder of the second smoke run while it ran (conftest).
+
+    That they harmed nothing is test_smoke's byte-identity test: the disturbed run's
+    results/ has the bytes of the undisturbed one's.
+    """
+    seen = smoke_session.interference
+    assert seen.first_still_running, "the smoke run ended before the others reached the lock"
+    said = seen.plain.stdout + seen.plain.stderr
+    assert seen.plain.returncode != 0
+    # Which check comes first depends on whether a job of the first had started yet.
     assert "IncompleteFilesException" in said or "cannot be locked" in said, said[-2000:]
-    assert second.returncode != 0
-    assert "cannot be locked" in second.stdout + second.stderr
-    assert first.returncode == 0, out
-    # Harms nothing: the first run's checkpoints have the bytes of an undisturbed run's.
-    for model in MODELS:
-        assert (tmp_path / model).read_bytes() == (smoke_runs[0] / model).read_bytes(), model
-    assert not any(locks.iterdir())
+    said = seen.rerun_incomplete.stdout + seen.rerun_incomplete.stderr
+    assert seen.rerun_incomplete.returncode != 0
+    assert "cannot be locked" in said, said[-2000:]
+    # Snakemake removed its lock when the run ended.
+    assert not seen.locks.exists() or not any(seen.locks.iterdir())
 
 
 def test_two_studies_in_one_config_share_no_output_file(

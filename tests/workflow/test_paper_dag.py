@@ -81,9 +81,18 @@ def job_counts(output: str) -> dict[str, int]:
     return counts
 
 
-def test_paper_dag_lists_every_job(roots: Path) -> None:
-    result = dry_run(roots, "paper.yaml")
+@pytest.fixture(scope="module")
+def paper_slurm_dry_run(roots: Path) -> subprocess.CompletedProcess:
+    """`snakemake -n` of paper.yaml through the SLURM profile: one dry run (about 10 s) for
+    the job counts and the resources, as users see it before submitting."""
+    env = {**os.environ, "IMAGENET_ROOT": str(roots / "imagenet"), "SBATCH_PARTITION": "gpu"}
+    result = dry_run(roots, "paper.yaml", env, "--profile", str(REPO / "profiles" / "slurm"))
     assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def test_paper_dag_lists_every_job(paper_slurm_dry_run: subprocess.CompletedProcess) -> None:
+    result = paper_slurm_dry_run
     counts = job_counts(result.stdout + result.stderr)
     # ImageNet1k: 26 released models imported, vgg16_bn at 0.25/0.5/1 trained;
     # ImageNet100: 4 archs x 5 eps; CIFAR-10: 7 archs x 4 eps.
@@ -96,21 +105,23 @@ def test_paper_dag_lists_every_job(roots: Path) -> None:
     assert counts["plot_fig4"] == 3
 
 
-def test_planner_prices_exactly_the_jobs_snakemake_plans(roots: Path) -> None:
+def test_planner_prices_exactly_the_jobs_snakemake_plans(
+    paper_slurm_dry_run: subprocess.CompletedProcess,
+) -> None:
     from robuniv.plan import job_counts as planned
     from robuniv.plan import load_config
 
-    result = dry_run(roots, "paper.yaml")
+    result = paper_slurm_dry_run
     counts = job_counts(result.stdout + result.stderr)
     counts.pop("total"), counts.pop("all")
     config = load_config(EXPERIMENTS / "paper.yaml", REPO / "rules/schemas/config.schema.yaml")
     assert planned(config) == counts
 
 
-def test_paper_dag_through_the_slurm_profile_asks_gpus_for_network_rules(roots: Path) -> None:
-    env = {**os.environ, "IMAGENET_ROOT": str(roots / "imagenet"), "SBATCH_PARTITION": "gpu"}
-    result = dry_run(roots, "paper.yaml", env, "--profile", str(REPO / "profiles" / "slurm"))
-    assert result.returncode == 0, result.stdout + result.stderr
+def test_paper_dag_through_the_slurm_profile_asks_gpus_for_network_rules(
+    paper_slurm_dry_run: subprocess.CompletedProcess,
+) -> None:
+    result = paper_slurm_dry_run
     rule, resources = None, {}
     for line in result.stdout.splitlines():
         if line.startswith("rule "):
