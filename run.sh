@@ -16,7 +16,7 @@ torch_pip=${TORCH_PIP:-$default_torch}
 data_root=resources/fashion_mnist
 
 ensure_env() {
-  if "$venv/bin/python" -c "import robuniv.pipeline, snakemake, pytest, xdist, playwright" 2>/dev/null; then
+  if "$venv/bin/python" -c "import robuniv.pipeline, snakemake, pytest, playwright" 2>/dev/null; then
     return
   fi
   echo "== creating the environment in $venv"
@@ -48,9 +48,7 @@ case "$command" in
     shift
     ensure_env
     ensure_data
-    # Two workers: the SLURM tests mostly wait on the cluster's polling, so the rest runs
-    # meanwhile. Tests sharing a cluster or the smoke runs stay on one worker (tests/conftest.py).
-    exec "$venv/bin/pytest" -q -n 2 --dist loadgroup tests "$@"
+    exec "$venv/bin/pytest" -q tests "$@"
     ;;
   run)
     [ $# -gt 0 ] && shift

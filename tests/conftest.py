@@ -15,18 +15,6 @@ REPO = Path(__file__).resolve().parents[1]
 FASHION_MNIST_ROOT = REPO / "resources" / "fashion_mnist"
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (`./run.sh test` runs two workers), the tests that share one SLURM
-    cluster, or the session's two smoke runs, each go to one worker: their fixtures are
-    built once, not once per worker."""
-    for item in items:
-        parts = Path(str(item.fspath)).relative_to(REPO).parts
-        if parts[:2] == ("tests", "cluster"):
-            item.add_marker(pytest.mark.xdist_group("slurm"))
-        elif parts[:2] == ("tests", "workflow"):
-            item.add_marker(pytest.mark.xdist_group("workflow"))
-
-
 @pytest.fixture(scope="session")
 def fashion_mnist_root() -> Path:
     """The real dataset; `./run.sh test` fetches it first, this only fills a gap."""
