@@ -328,16 +328,19 @@ def _invert_batch(
     bar: tqdm,
     amp: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    def features(x: Tensor) -> Tensor:
-        with torch.autocast(x.device.type, dtype=AMP_DTYPE, enabled=amp):
+    def features(x: Tensor, low_precision: bool = amp) -> Tensor:
+        with torch.autocast(x.device.type, dtype=AMP_DTYPE, enabled=low_precision):
             f = features_and_logits(model, x, layer)[0]
         return f.float()
 
+    def norm(f: Tensor) -> Tensor:
+        # A target whose features are all zero would divide by zero; any positive floor
+        # keeps the loss finite and does not change the minimiser.
+        return torch.linalg.vector_norm(f, dim=1).clamp_min(1e-12)
+
     with torch.no_grad():
         target_features = features(target)
-    # A target whose features are all zero would divide by zero; any positive floor keeps
-    # the loss finite and does not change the minimiser.
-    target_norm = torch.linalg.vector_norm(target_features, dim=1).clamp_min(1e-12)
+    target_norm = norm(target_features)
     s = seed.detach().clone()
     m = torch.zeros_like(s)
     best_s, best_loss = s.clone(), None
@@ -364,11 +367,9 @@ def _invert_batch(
         # kept images in float32, so it means the same whatever precision searched for them
         # (bfloat16 features alone carry a rounding error of ~1 % of this loss).
         with torch.no_grad():
-            exact_target = features_and_logits(model, target, layer)[0].float()
+            exact_target = features(target, low_precision=False)
             best_loss = _relative_distance(
-                features_and_logits(model, best_s, layer)[0].float(),
-                exact_target,
-                torch.linalg.vector_norm(exact_target, dim=1).clamp_min(1e-12),
+                features(best_s, low_precision=False), exact_target, norm(exact_target)
             )
     return best_s, best_loss
 
