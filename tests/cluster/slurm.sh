@@ -5,7 +5,10 @@
 #   tests/cluster/slurm.sh up STATE_DIR   configure and start the daemons, wait for the node
 #   tests/cluster/slurm.sh down STATE_DIR stop the daemons this script started (pid files)
 # All state (configs, spool, logs, database, pids) lives under STATE_DIR, except the
-# config SLURM's clients read from /etc/slurm (slurm.conf, gres.conf, slurmdbd.conf).
+# config SLURM's clients read from /etc/slurm (slurm.conf, gres.conf, slurmdbd.conf): `up`
+# keeps what was there and `down` puts it back. That matters beyond tidiness: with a
+# slurm.conf naming a stopped controller, `scontrol show config` waits 9 s, and the SLURM
+# executor plugin runs it whenever Snakemake starts (even `snakemake -n` without SLURM).
 set -euo pipefail
 
 PACKAGES=(munge slurmctld slurmd slurm-client slurmdbd mariadb-server)
@@ -30,6 +33,31 @@ install() {
   log "installing ${missing[*]}"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null \
     || { apt-get update -q >/dev/null && apt-get install -y -q "${missing[@]}" >/dev/null; }
+}
+
+CONFIGS=(slurm.conf gres.conf slurmdbd.conf)
+
+keep_configs() {
+  local state=$1 name
+  mkdir -p "$state/etc-kept"
+  [ -f "$state/etc-kept/done" ] && return 0
+  for name in "${CONFIGS[@]}"; do
+    [ -f "/etc/slurm/$name" ] && cp -p "/etc/slurm/$name" "$state/etc-kept/$name"
+  done
+  touch "$state/etc-kept/done"
+}
+
+restore_configs() {
+  local state=$1 name
+  [ -f "$state/etc-kept/done" ] || return 0
+  for name in "${CONFIGS[@]}"; do
+    if [ -f "$state/etc-kept/$name" ]; then
+      cp -p "$state/etc-kept/$name" "/etc/slurm/$name"
+    else
+      rm -f "/etc/slurm/$name"
+    fi
+  done
+  rm -rf "$state/etc-kept"
 }
 
 write_configs() {
@@ -94,6 +122,7 @@ up() {
   local state=$1
   mkdir -p "$state"
   state=$(cd "$state" && pwd)
+  keep_configs "$state"
   write_configs "$state"
   if ! munge -n >/dev/null 2>&1; then
     mkdir -p /run/munge && chown munge:munge /run/munge
@@ -133,6 +162,7 @@ up() {
 
 down() {
   local state=$1 name pidfile pid
+  restore_configs "$state"
   [ -f "$state/started" ] || return 0
   # Reverse start order; only what this script started, by its pid file.
   for name in $(tac "$state/started"); do
