@@ -2,7 +2,8 @@
 
 One HDF5 file per (study, eps) holds every model of that eps: group `<arch>/run<r>/regular`
 for the regular images and `<arch>/run<r>/inverted/<source arch>/run<s>` for the images
-inverted through model `source`. No heavy imports: torch jobs and similarity jobs share it.
+inverted through model `source`; further layers of a (model, input set) are datasets of its
+subgroup `layers`, named by their layer spec. No heavy imports: torch jobs and similarity jobs share it.
 """
 
 from __future__ import annotations
@@ -25,3 +26,11 @@ def input_group(source: ModelKey | None) -> str:
 def activation_group(model: ModelKey, source: ModelKey | None) -> str:
     """HDF5 group of `model`'s activations on the input set of `source` (None: regular)."""
     return f"{model.name}/{input_group(source)}"
+
+
+LAYERS_GROUP = "layers"
+
+
+def layers_group_of(group: str) -> str:
+    """Subgroup of an activation group holding its extra layers, one dataset per spec."""
+    return f"{group}/{LAYERS_GROUP}"

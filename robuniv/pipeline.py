@@ -18,12 +18,13 @@ import pandas as pd
 import torch
 
 from robuniv import io
-from robuniv.activations import extract
+from robuniv.activations import extract, extract_layers
 from robuniv.attacks import invert, to_uint8
 from robuniv.config import ModelKey
 from robuniv.data import DATASETS, ImageArrayDataset, load_labels, open_split, sample_indices
-from robuniv.groups import REGULAR_GROUP, activation_group, inverted_group
+from robuniv.groups import REGULAR_GROUP, activation_group, inverted_group, layers_group_of
 from robuniv.inputs import inversion_pairs, regular_inputs
+from robuniv.layers import check_specs, relative_depths
 from robuniv.models import (
     ModelSpec,
     RobustModel,
@@ -287,6 +288,33 @@ def _extract(
     )
 
 
+def _extract_layers(
+    model: RobustModel,
+    images: torch.utils.data.Dataset,
+    layer: str,
+    extra_layers: Sequence[str],
+    reduction: str,
+    extraction: Mapping[str, Any],
+    device: str,
+    desc: str,
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """`extract_layers` with the config's `activations` block; `_extract` without extras."""
+    if not extra_layers:
+        return (*_extract(model, images, layer, extraction, device, desc), [])
+    return extract_layers(
+        model,
+        images,
+        layer=layer,
+        extra_layers=extra_layers,
+        reduction=reduction,
+        batch_size=extraction["batch_size"],
+        device=device,
+        amp=extraction["amp"],
+        channels_last=extraction["channels_last"],
+        desc=desc,
+    )
+
+
 def _load_models(
     checkpoints: Mapping[ModelKey, str | Path], layers: Mapping[str, str], device: str
 ) -> dict[ModelKey, tuple[RobustModel, str]]:
@@ -309,6 +337,8 @@ def activations_stage(
     device: str,
     output: str | Path,
     provenance: Mapping[str, Any],
+    extra_layers: Mapping[str, Sequence[str]] | None = None,
+    reduction: str = "avgpool",
 ) -> None:
     """Features and logits of every model of one eps on the regular images and on every
     inverted set of that eps (SPEC 4), into one HDF5 file.
@@ -316,8 +346,16 @@ def activations_stage(
     Group `activation_group(model, source)` holds one (model, input set) pair. Each input
     set is decoded or read once and passed through every model: one job per eps, so the
     regular images are decoded once, not once per model.
+
+    `extra_layers` (arch -> layer specs) are captured in the same forward pass, reduced by
+    `reduction`, into dataset `<group>/layers/<spec>` (attrs: layer, position in the list,
+    relative depth). The model group's provenance lists them with every layer's depth.
     """
     models = _load_models(checkpoints, layers, device)
+    extra_layers = extra_layers or {}
+    extras = {key: list(extra_layers.get(key.arch, [])) for key in models}
+    for key, (model, _) in models.items():
+        check_specs(model.model, extras[key], key.arch)
     sources: list[tuple[ModelKey | None, Any, np.ndarray, dict[str, Any]]] = [
         (
             None,
@@ -338,15 +376,29 @@ def activations_stage(
                 {"input_set": inverted_group(source), "inverted_file_sha256": io.sha256_file(path)},
             )
         )
+    # Depth is a property of the net, not the data: one image of the regular set measures it.
+    one_image = sources[0][1][0][0].unsqueeze(0).to(device)
+    depths = {
+        key: relative_depths(model, one_image, [layer, *extras[key]])
+        for key, (model, layer) in models.items()
+    }
     with io.h5_writer(output, provenance) as fh:
         for key, (_, layer) in models.items():
-            io.set_meta(
-                fh.require_group(key.name), {"layer": layer, **_checkpoint_meta(checkpoints[key])}
-            )
+            meta = {"layer": layer, **_checkpoint_meta(checkpoints[key])}
+            if extras[key]:
+                meta.update(layers=extras[key], layers_reduce=reduction, depths=depths[key])
+            io.set_meta(fh.require_group(key.name), meta)
         for source, images, indices, meta in sources:
             for key, (model, layer) in models.items():
-                features, logits = _extract(
-                    model, images, layer, extraction, device, f"{key.name} on {meta['input_set']}"
+                features, logits, extra = _extract_layers(
+                    model,
+                    images,
+                    layer,
+                    extras[key],
+                    reduction,
+                    extraction,
+                    device,
+                    f"{key.name} on {meta['input_set']}",
                 )
                 arrays = {
                     "features": features,
@@ -354,7 +406,28 @@ def activations_stage(
                     "labels": images.labels,
                     "indices": indices,
                 }
-                io.write_group(fh, activation_group(key, source), arrays, meta)
+                group = activation_group(key, source)
+                io.write_group(fh, group, arrays, meta)
+                if extras[key]:
+                    _write_layers(fh, group, extras[key], extra, depths[key], reduction)
+
+
+def _write_layers(
+    fh: Any,
+    group: str,
+    specs: Sequence[str],
+    arrays: Sequence[np.ndarray],
+    depths: Mapping[str, float],
+    reduction: str,
+) -> None:
+    """One dataset per extra layer under `<group>/layers`, named by its spec."""
+    layers_group = layers_group_of(group)
+    io.write_group(fh, layers_group, dict(zip(specs, arrays, strict=True)), {"reduce": reduction})
+    for position, spec in enumerate(specs):
+        attrs = fh[layers_group][spec].attrs
+        attrs["layer"] = spec
+        attrs["position"] = position
+        attrs["depth"] = float(depths[spec])
 
 
 def _checkpoint_meta(path: str | Path) -> dict[str, str]:

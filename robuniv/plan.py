@@ -43,7 +43,8 @@ LOCAL_RULES = (
     "test_permutation",
     "tabulate_bounds",
     "compare_probes",
-    *(f"plot_fig{i}" for i in range(1, 9)),
+    "compute_layer_cka",
+    *(f"plot_fig{i}" for i in range(1, 10)),
 )
 # Fig 5's subsets: on average the smaller of agreeing/disagreeing inputs; priced at this
 # share of the regular images (an upper bound for pairs that agree on 75 % or more).

@@ -25,7 +25,7 @@ from matplotlib.patches import Patch
 
 from robuniv.config import format_eps
 from robuniv.io import atomic_path, to_json
-from robuniv.stats import PAIR_KINDS, pair_kind, require_columns, signed_value
+from robuniv.stats import PAIR_KINDS, pair_kind, penultimate_rows, require_columns, signed_value
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +198,7 @@ def plot_predictive(sim: pd.DataFrame, inputs: str, *, seed: int = 0) -> Figure:
     Figure with two axes.
     """
     _check_inputs(inputs)
+    sim = penultimate_rows(sim)
     layout = _layout(sim)
     rng = np.random.default_rng(seed)
     fig = Figure(figsize=(8, 3.4 + _legend_height(layout)), layout="constrained")
@@ -268,6 +269,7 @@ def plot_representational(
     Figure with 2 x len(measures) axes.
     """
     require_columns(spearman, SPEARMAN_REQUIRED, "spearman table")
+    sim = penultimate_rows(sim)
     layout = _layout(sim)
     rng = np.random.default_rng(seed)
     fig = Figure(figsize=(3.1 * len(measures), 5.8 + _legend_height(layout)), layout="constrained")
@@ -308,6 +310,7 @@ def plot_jaccard_k(
     -------
     Figure with 2 x len(ks) axes; each row shares its y axis, so levels compare across k.
     """
+    sim = penultimate_rows(sim)
     layout = _layout(sim)
     rng = np.random.default_rng(seed)
     fig = Figure(figsize=(3.1 * len(ks), 5.8 + _legend_height(layout)), layout="constrained")
@@ -561,6 +564,120 @@ def plot_agreement_bounds(bounds: pd.DataFrame, *, seed: int = 0) -> Figure:
     return fig
 
 
+DEPTH_REQUIRED = ("inputs", "eps", "model_a", "model_b", "layer", "depth", "measure", "k", "value")
+LAYER_CKA_REQUIRED = (
+    "model_a",
+    "model_b",
+    "eps",
+    "layer_a",
+    "depth_a",
+    "layer_b",
+    "depth_b",
+    "value",
+)
+
+
+def depth_curves(sim: pd.DataFrame, inputs: str, measure: str, k: int = NO_K) -> pd.DataFrame:
+    """Fig 9's points: per eps and layer position, the mean relative depth and the mean
+    similarity (-RTD for RTD) over cross-architecture pairs, by depth.
+
+    Same-architecture pairs (the multi-run baseline) are left out: one line per eps stands
+    for the pairs the paper asks about.
+    """
+    require_columns(sim, DEPTH_REQUIRED, "similarity table")
+    rows = _select(sim, inputs, measure, k)
+    rows = rows[pair_kind(rows) == "cross_arch"]
+    curves = (
+        rows.groupby(["eps", "layer"], sort=True)
+        .agg(depth=("depth", "mean"), y=("y", "mean"), pairs=("y", "size"))
+        .reset_index()
+    )
+    return curves.sort_values(["eps", "depth"], kind="stable").reset_index(drop=True)
+
+
+def plot_depth(
+    sim: pd.DataFrame,
+    layer_cka: pd.DataFrame,
+    measures: Sequence[str] = ("cka", "procrustes_sim", "jaccard"),
+    k: int = 10,
+) -> Figure:
+    """Fig 9: similarity across depth, and the layer x layer CKA of one pair of models.
+
+    Parameters
+    ----------
+    sim : similarity table with the columns of `DEPTH_REQUIRED`: rows of the feature layer
+        ("penultimate") and of further layers ("L1", ...), each with its mean relative depth.
+    layer_cka : `robuniv.compare.layer_cka_table` of one pair.
+    measures : one column each (RTD as -RTD); rows regular / inverted inputs.
+    k : the Jaccard neighbourhood size shown.
+
+    Returns
+    -------
+    Figure with 2 x len(measures) line panels (x relative depth, one line per eps, in a
+    colour ramp from low to high eps) and the heatmap on the right spanning both rows.
+    """
+    require_columns(layer_cka, LAYER_CKA_REQUIRED, "layer CKA table")
+    eps_values = sorted(sim["eps"].astype(float).unique())
+    colors = _colors_from("viridis_r", len(eps_values))
+    fig = Figure(figsize=(3.1 * len(measures) + 4.2, 6.2), layout="constrained")
+    grid = fig.add_gridspec(2, len(measures) + 1, width_ratios=[1] * len(measures) + [1.35])
+    for r, inputs in enumerate(INPUT_KINDS):
+        for c, measure in enumerate(measures):
+            ax = fig.add_subplot(grid[r, c])
+            measure_k = k if measure == "jaccard" else NO_K
+            curves = depth_curves(sim, inputs, measure, measure_k)
+            for color, eps in zip(colors, eps_values):
+                line = curves[np.isclose(curves["eps"].astype(float), eps)]
+                ax.plot(
+                    line["depth"],
+                    line["y"],
+                    marker="o",
+                    ms=4,
+                    color=color,
+                    label=f"ε = {format_eps(eps)}",
+                )
+            ax.set_xlim(0, 1.02)
+            ax.set_title(measure_label(measure, measure_k))
+            ax.set_xlabel("relative depth")
+            if c == 0:
+                ax.set_ylabel(f"{ROW_LABELS[inputs]}\nsimilarity")
+            if r == 0 and c == 0:
+                ax.legend(fontsize=7, loc="best")
+    _layer_heatmap(fig.add_subplot(grid[:, -1]), layer_cka, fig)
+    return fig
+
+
+def _layer_heatmap(ax: Axes, layer_cka: pd.DataFrame, fig: Figure) -> None:
+    """Linear CKA of layer i of model A (rows) with layer j of model B (columns), by depth."""
+    rows = layer_cka.sort_values(["depth_a", "depth_b"], kind="stable")
+    order_a = list(dict.fromkeys(rows["layer_a"]))
+    order_b = list(dict.fromkeys(rows.sort_values("depth_b", kind="stable")["layer_b"]))
+    matrix = (
+        rows.pivot_table(index="layer_a", columns="layer_b", values="value", aggfunc="mean")
+        .reindex(index=order_a, columns=order_b)
+        .to_numpy()
+    )
+    image = ax.imshow(matrix, vmin=0, vmax=1, cmap="magma", origin="lower", aspect="auto")
+    first = rows.iloc[0]
+    ax.set_yticks(range(len(order_a)), order_a, fontsize=7)
+    ax.set_xticks(range(len(order_b)), order_b, fontsize=7, rotation=60, ha="right")
+    ax.set_ylabel(
+        f"{first['model_a']} (run {first['run_a']})" if "run_a" in rows else first["model_a"]
+    )
+    ax.set_xlabel(
+        f"{first['model_b']} (run {first['run_b']})" if "run_b" in rows else first["model_b"]
+    )
+    ax.set_title(f"Linear CKA by layer, ε = {format_eps(float(first['eps']))}")
+    for i in range(matrix.shape[0]):
+        for j in range(matrix.shape[1]):
+            if np.isfinite(matrix[i, j]):
+                color = "black" if matrix[i, j] > 0.6 else "white"
+                ax.text(
+                    j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=6, color=color
+                )
+    fig.colorbar(image, ax=ax, shrink=0.8, label="CKA")
+
+
 def save_figure(
     fig: Figure,
     pdf_path: str | Path,
@@ -583,12 +700,13 @@ def save_figure(
 
 
 def draw_figure(figure: str, tables: Mapping[str, Any], options: Mapping[str, Any]) -> Figure:
-    """One of the paper's figures by its number ("fig1" ... "fig8").
+    """One of the paper's figures by its number ("fig1" ... "fig8"), or Fig 9 (depth).
 
     Parameters
     ----------
     tables : the figure's inputs by name: "similarity", "spearman" (Figs 1, 3, 4, 8),
-        "subsets", "permutation" (Fig 5), "probes" (Fig 6), "bounds" (Fig 7) as
+        "subsets", "permutation" (Fig 5), "probes" (Fig 6), "bounds" (Fig 7),
+        "layer_cka" (Fig 9, with "similarity") as
         DataFrames, and "inversions" (Fig 2), the mapping `robuniv.pipeline.inversion_examples`
         returns.
     options : the figure's config block (plus dpi).
@@ -616,6 +734,12 @@ def draw_figure(figure: str, tables: Mapping[str, Any], options: Mapping[str, An
         "fig6": lambda: plot_probes(table("probes")),
         "fig7": lambda: plot_agreement_bounds(table("bounds")),
         "fig8": lambda: plot_jaccard_k(table("similarity"), ks=tuple(options["jaccard_k"])),
+        "fig9": lambda: plot_depth(
+            table("similarity"),
+            table("layer_cka"),
+            measures=tuple(options["measures"]),
+            k=options["jaccard_k"],
+        ),
     }
     if figure not in builders:
         raise KeyError(f"unknown figure {figure!r}; known: {', '.join(builders)}")

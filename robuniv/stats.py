@@ -214,12 +214,28 @@ def pair_kind(df: pd.DataFrame) -> pd.Series:
     return pd.Series(np.where(same, "same_arch", "cross_arch"), index=df.index, name="pairs")
 
 
+# `layer` of the feature layer's rows in the similarity table (robuniv.compare.PENULTIMATE).
+PENULTIMATE = "penultimate"
+
+
+def penultimate_rows(similarity: pd.DataFrame) -> pd.DataFrame:
+    """The feature layer's rows of a similarity table (all rows of one without `layer`).
+
+    The paper's analyses (Figs 1-8, Spearman) are of the penultimate layer; the rows of
+    further layers (Fig 9) must not enter their boxes and tests.
+    """
+    if "layer" not in similarity.columns:
+        return similarity
+    return similarity[similarity["layer"] == PENULTIMATE]
+
+
 def spearman_table(similarity: pd.DataFrame) -> pd.DataFrame:
     """Spearman rho of similarity (-RTD for RTD) with eps per (study, inputs, pairs, measure, k).
 
     ``pairs`` is `pair_kind`: same-architecture groups appear only where the study has
-    several runs.
+    several runs. Only the feature layer's rows are tested.
     """
+    similarity = penultimate_rows(similarity)
     return spearman_by_group(
         similarity.assign(pairs=pair_kind(similarity)),
         by=["study", "inputs", "pairs", "measure", "k"],
