@@ -22,6 +22,7 @@ rule extract_activations:
         dataset=lambda wc: canonical(study(wc)["dataset"]),
         extraction=lambda wc: canonical(study(wc)["activations"]),
         layers=lambda wc: canonical(study(wc)["model"]["layers"]),
+        depth=lambda wc: canonical(layer_options(study(wc))),
         device=config["device"],
     script:
         "../workflow_scripts/extract_activations.py"

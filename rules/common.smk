@@ -4,6 +4,7 @@ import re
 from snakemake.utils import validate
 
 from robuniv.compare import INPUT_KINDS
+from robuniv.layer_config import check_layers, fig9_pair, layer_options
 from robuniv.config import (
     adapt_stem_for,
     canonical,
@@ -22,6 +23,8 @@ validate(config, schema="schemas/config.schema.yaml")
 # Relations the schema cannot express (dataset files, k < N, ...) stop the run here,
 # before any job starts, with a message naming the bad value.
 check_config(config["studies"])
+# Layer specs name modules: checked on meta-device networks (imports torch, about 2 s).
+check_layers(config["studies"])
 
 STUDIES = config["studies"]
 
@@ -44,6 +47,7 @@ SUBSETS_TABLE = "results/{study}/tables/agreement_subsets.tsv"
 PERMUTATION_TABLE = "results/{study}/tables/permutation.csv"
 BOUNDS_TABLE = "results/{study}/tables/agreement_bounds.tsv"
 PROBE_TABLE = "results/{study}/tables/probes.tsv"
+LAYER_CKA = "results/{study}/similarity/layer_cka.tsv"
 FIGURE = "results/{study}/figures/{name}.{ext}"
 FIGURES = {
     "fig1": "fig1_predictive_regular",
@@ -54,6 +58,7 @@ FIGURES = {
     "fig6": "fig6_probes",
     "fig7": "fig7_agreement_bounds",
     "fig8": "fig8_jaccard_k",
+    "fig9": "fig9_depth",
 }
 
 
@@ -291,6 +296,7 @@ def similarity_options(s):
         "rtd_trials": rtd["trials"],
         "rtd_batch": rtd["batch"],
         "rtd_seed": rtd["seed"],
+        "layer_measures": s["layers_measures"] if any(s["layers"].values()) else [],
     }
 
 
@@ -306,6 +312,12 @@ def subset_options(s):
         "rtd_seed": rtd["seed"],
         "seed": options["seed"],
     }
+
+
+def get_layer_cka_activations(wildcards):
+    return ACTIVATIONS.format(
+        study=wildcards.study, eps=format_eps(fig9_pair(study(wildcards))[0].eps)
+    )
 
 
 def figure_options(s, fig):

@@ -7,6 +7,7 @@ FIGURE_INPUTS = {
     "fig6": {"probes": PROBE_TABLE},
     "fig7": {"bounds": BOUNDS_TABLE},
     "fig8": {"similarity": SIMILARITY_TABLE},
+    "fig9": {"similarity": SIMILARITY_TABLE, "layer_cka": LAYER_CKA},
 }
 
 for fig, fig_inputs in FIGURE_INPUTS.items():

@@ -56,3 +56,20 @@ rule compute_agreement_subsets:
         options=lambda wc: canonical(subset_options(study(wc))),
     script:
         "../workflow_scripts/compute_agreement_subsets.py"
+
+
+# Fig 9's heatmap: linear CKA of every layer of one model with every layer of another.
+rule compute_layer_cka:
+    input:
+        activations=get_layer_cka_activations,
+    output:
+        table=LAYER_CKA,
+    log:
+        "logs/results/{study}/similarity/layer_cka.log",
+    localrule: True
+    conda:
+        "../envs/robuniv.yaml"
+    params:
+        pair=lambda wc: model_list(fig9_pair(study(wc))),
+    script:
+        "../workflow_scripts/compute_layer_cka.py"

@@ -25,7 +25,10 @@ def main(smk) -> None:
             eps=float(smk.wildcards.eps),
             extraction=smk.params.extraction,
             layers=smk.params.layers,
+            depth=smk.params.depth,
         ),
+        extra_layers=smk.params.depth["layers"],
+        reduction=smk.params.depth["reduce"],
     )
 
 

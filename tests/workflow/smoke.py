@@ -23,6 +23,7 @@ FIGURES = (
     "fig6_probes",
     "fig7_agreement_bounds",
     "fig8_jaccard_k",
+    "fig9_depth",
 )
 
 
