@@ -120,6 +120,8 @@ def test_fig_target_rebuilds_after_deletion(smoke_runs: list[Path]) -> None:
         ({"eps": [0, "one"]}, "one"),
         ({"dataset.root": "/nonexistent/fmnist"}, "/nonexistent/fmnist"),
         ({"similarity.jaccard_k": [5, 100]}, "jaccard_k"),
+        # A misspelt module: the message offers the nearest names.
+        ({"layers.resnet18": ["layer1", "layer2", "layr3"]}, "nearest module names: 'layer3'"),
     ],
 )
 def test_bad_config_stops_before_any_job_naming_the_value(
