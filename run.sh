@@ -16,7 +16,7 @@ torch_pip=${TORCH_PIP:-$default_torch}
 data_root=resources/fashion_mnist
 
 ensure_env() {
-  if "$venv/bin/python" -c "import robuniv.pipeline, snakemake, pytest, playwright" 2>/dev/null; then
+  if "$venv/bin/python" -c "import robuniv.pipeline, snakemake, pytest, playwright, timm, pyautoattack" 2>/dev/null; then
     return
   fi
   echo "== creating the environment in $venv"
@@ -24,7 +24,7 @@ ensure_env() {
   "$venv/bin/pip" install --quiet --upgrade pip
   # shellcheck disable=SC2086 # two requirement words
   "$venv/bin/pip" install --quiet $torch_pip
-  "$venv/bin/pip" install --quiet -e ".[workflow,dev]"
+  "$venv/bin/pip" install --quiet -e ".[workflow,dev,zoo]"
 }
 
 ensure_data() {

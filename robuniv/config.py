@@ -78,26 +78,61 @@ def adapt_stem_for(model: Mapping[str, Any], arch: str) -> bool | None:
     return choice.get(arch) if isinstance(choice, Mapping) else choice
 
 
+# `models:` entries whose checkpoint the rule load_model makes (robuniv.zoo), as opposed to
+# `train` (trained like `archs`) and `salman2020` (imported like `checkpoints.source`).
+LOADED_SOURCES = ("robustbench", "timm", "torchvision", "file")
+
+
+def entry_key(entry: Mapping[str, Any]) -> ModelKey:
+    """The model a `models:` entry adds: trained and imported ones by their architecture,
+    loaded ones by their id (run 0)."""
+    if entry["source"] in LOADED_SOURCES:
+        return ModelKey(str(entry["id"]), float(entry["eps"]), 0)
+    return ModelKey(str(entry["arch"]), float(entry["eps"]), int(entry.get("run", 0)))
+
+
 def study_models(study: Mapping[str, Any]) -> list[ModelKey]:
-    """Every (arch, eps, run) of a study, in config order.
+    """Every (arch, eps, run) of a study, in config order: the `archs` x `eps` x `runs` grid,
+    then the `models:` entries (a loaded model's id stands in for its architecture).
 
     `eps_per_arch` restricts an architecture to some of the study's eps (e.g. models
     released only at eps 0 and 3).
     """
     only = study.get("eps_per_arch", {})
-    return [
+    grid = [
         ModelKey(arch, float(eps), int(run))
         for eps in study["eps"]
-        for arch in study["archs"]
+        for arch in study.get("archs", [])
         if arch not in only or any(math.isclose(float(eps), float(e)) for e in only[arch])
         for run in study.get("runs", [0])
     ]
+    return list(dict.fromkeys([*grid, *(entry_key(e) for e in study.get("models", []))]))
+
+
+def model_names(study: Mapping[str, Any]) -> list[str]:
+    """The names models go by in tables and figures (architectures and loaded ids), in
+    config order."""
+    return unique(m.arch for m in study_models(study))
+
+
+def loaded_entry(study: Mapping[str, Any], model: ModelKey) -> Mapping[str, Any] | None:
+    """The `models:` entry the rule load_model makes `model` from, if any."""
+    for entry in study.get("models", []):
+        if entry["source"] in LOADED_SOURCES and entry_key(entry) == model:
+            return entry
+    return None
 
 
 def is_imported(study: Mapping[str, Any], model: ModelKey) -> bool:
     """Whether a model's checkpoint is imported (its source has it) rather than trained."""
-    source = study.get("checkpoints", {}).get("source", "none")
-    if source == "none" or model.run != 0:
+    if model.run != 0:
+        return False
+    entries = study.get("models", [])
+    if any(e["source"] == "salman2020" and entry_key(e) == model for e in entries):
+        return True
+    if study.get("checkpoints", {}).get("source", "none") == "none":
+        return False
+    if any(e["source"] == "train" and entry_key(e) == model for e in entries):
         return False
     from robuniv.checkpoints import CHECKPOINT_SOURCES, source_key
 
@@ -174,12 +209,50 @@ def check_study(name: str, study: Mapping[str, Any]) -> None:
             f"study {name!r}: checkpoints.source {study['checkpoints']['source']!r} holds "
             f"ImageNet1k models, the study's dataset is {study['dataset']['name']!r}"
         )
+    _check_models(name, study)
     unknown_layers = set(study["model"]["layers"]) - set(study["archs"])
     if unknown_layers:
         raise ConfigError(
             f"study {name!r}: model.layers names {sorted(unknown_layers)}, not in archs {study['archs']}"
         )
     _check_analyses(name, study)
+
+
+def _check_models(name: str, study: Mapping[str, Any]) -> None:
+    """`models:` entries: known eps, unique keys, ids apart from trained names, files present."""
+    seen: dict[ModelKey, str] = {
+        m: "archs x eps x runs" for m in study_models({**study, "models": []})
+    }
+    for index, entry in enumerate(study.get("models", [])):
+        where = f"study {name!r}: models[{index}] ({entry.get('id', entry.get('arch'))!r})"
+        if not any(math.isclose(float(entry["eps"]), float(e)) for e in study["eps"]):
+            raise ConfigError(
+                f"{where}: eps {entry['eps']} is not in the study's eps {study['eps']}"
+            )
+        if entry["source"] in ("train", "salman2020"):
+            if "arch" not in entry:
+                raise ConfigError(f"{where}: source {entry['source']} needs an `arch`")
+            if entry.get("id", entry["arch"]) != entry["arch"]:
+                raise ConfigError(
+                    f"{where}: a {entry['source']} model is named by its arch "
+                    f"{entry['arch']!r}; drop id {entry['id']!r}"
+                )
+        key = entry_key(entry)
+        if key in seen:
+            raise ConfigError(
+                f"{where}: {key.arch} at eps {format_eps(key.eps)} run {key.run} is already "
+                f"given by {seen[key]}"
+            )
+        seen[key] = f"models[{index}]"
+        if entry["source"] == "file":
+            path = os.path.expanduser(os.path.expandvars(entry["path"]))
+            if not os.path.isfile(path):
+                raise ConfigError(f"{where}: path {entry['path']!r} is not a file")
+    if len(model_names(study)) < 2 and len(study.get("runs", [0])) < 2:
+        raise ConfigError(
+            f"study {name!r}: compares {model_names(study)}; a study needs at least two models "
+            "(archs or models entries) or two runs"
+        )
 
 
 def extreme_eps(study: Mapping[str, Any]) -> list[float]:
@@ -195,24 +268,24 @@ def extreme_models(study: Mapping[str, Any]) -> list[ModelKey]:
 def fig2_models(study: Mapping[str, Any]) -> list[ModelKey]:
     """Fig 2's inverting models: the chosen architectures (default: the first two), first run,
     at the lowest and highest eps."""
-    archs = study["figures"]["fig2"]["archs"] or study["archs"][:2]
-    run = study.get("runs", [0])[0]
-    models = set(study_models(study))
-    return [
-        ModelKey(arch, eps, run)
-        for arch in archs
-        for eps in extreme_eps(study)
-        if ModelKey(arch, eps, run) in models
-    ]
+    archs = study["figures"]["fig2"]["archs"] or model_names(study)[:2]
+    models = study_models(study)
+    chosen = []
+    for arch in archs:
+        for eps in extreme_eps(study):
+            runs = sorted(m.run for m in models if m.arch == arch and math.isclose(m.eps, eps))
+            if runs:
+                chosen.append(ModelKey(arch, eps, runs[0]))
+    return chosen
 
 
 def _check_analyses(name: str, study: Mapping[str, Any]) -> None:
     """Figs 2, 5 and 6 need models at the extreme eps and subsets large enough to measure."""
     fig2 = study["figures"]["fig2"]["archs"]
-    if fig2 is not None and set(fig2) - set(study["archs"]):
+    if fig2 is not None and set(fig2) - set(model_names(study)):
         raise ConfigError(
-            f"study {name!r}: figures.fig2.archs {sorted(set(fig2) - set(study['archs']))} "
-            f"are not in archs {study['archs']}"
+            f"study {name!r}: figures.fig2.archs {sorted(set(fig2) - set(model_names(study)))} "
+            f"are not models of the study {model_names(study)}"
         )
     if not fig2_models(study):
         raise ConfigError(

@@ -12,11 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from robuniv.config import ConfigError, ModelKey, adapt_stem_for, models_at
-
-
-def model_names(study: Mapping[str, Any]) -> list[str]:
-    return list(study.get("archs", []))
+from robuniv.config import ConfigError, ModelKey, adapt_stem_for, model_names, models_at
 
 
 def has_layers(study: Mapping[str, Any]) -> bool:

@@ -13,6 +13,14 @@ from types import TracebackType
 TQDM_MININTERVAL_S = 10.0
 
 
+class UserError(ValueError):
+    """Bad input a user can fix (a model that cannot be loaded, a damaged file).
+
+    A job that dies of one prints its message as one line where Snakemake shows the job's
+    output, not a traceback (which still goes to the job's log).
+    """
+
+
 def to_file(path: str | Path, level: int = logging.INFO) -> None:
     """Route logging, warnings, uncaught exceptions and stderr of this process to `path`."""
     path = Path(path)
@@ -31,6 +39,9 @@ def to_file(path: str | Path, level: int = logging.INFO) -> None:
     ) -> None:
         stream.write("".join(traceback.format_exception(kind, value, tb)))
         stream.flush()
+        if isinstance(value, UserError):
+            print(f"robuniv: {value}", file=sys.__stderr__, flush=True)
+            return
         sys.__excepthook__(kind, value, tb)
 
     sys.excepthook = log_uncaught

@@ -310,6 +310,13 @@ class ModelSpec:
 
     `adapt_stem=None` means the architecture's default for the variant (ImageNet: False;
     CIFAR: `Architecture.adapts_stem_on_cifar`). `mean`/`std` have one entry per channel.
+
+    Models loaded from a zoo (`robuniv.zoo`) keep their library's own constructor:
+    `source` names the library ("timm", "robustbench", "torchvision"; "robuniv" for the
+    registry), `arch` its model name, `source_dataset`/`source_threat_model` RobustBench's
+    keys. `input_size` (H, W) is the size the net was trained at: inputs of another size are
+    resized to it and grey images repeated to `in_channels`, so every model of a study sees
+    the same images. `penultimate` overrides the registry's default feature layer.
     """
 
     arch: str
@@ -320,9 +327,18 @@ class ModelSpec:
     in_channels: int = 3
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    source: str = "robuniv"
+    source_dataset: str = ""
+    source_threat_model: str = ""
+    input_size: tuple[int, ...] = ()
+    penultimate: str = ""
 
     def __post_init__(self) -> None:
-        ARCHITECTURES.get(self.arch)  # KeyError listing the known architectures
+        if self.source == "robuniv":
+            ARCHITECTURES.get(self.arch)  # KeyError listing the known architectures
+        if len(self.input_size) not in (0, 2):
+            raise ValueError(f"input_size must be (H, W) or empty, got {self.input_size!r}")
+        object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
         if self.variant not in VARIANTS:
             raise ValueError(f"unknown variant {self.variant!r}; allowed: {', '.join(VARIANTS)}")
         for name in ("num_classes", "in_channels"):
@@ -351,6 +367,8 @@ class ModelSpec:
         """`adapt_stem` resolved against the architecture's default for the variant."""
         if self.adapt_stem is not None:
             return self.adapt_stem
+        if self.source != "robuniv":
+            return False
         return self.variant == "cifar" and ARCHITECTURES.get(self.arch).adapts_stem_on_cifar
 
     def to_dict(self) -> dict[str, Any]:
@@ -397,6 +415,30 @@ class InputNormalize(nn.Module):
         return (x - self.new_mean) / self.new_std
 
 
+class InputAdapter(nn.Module):
+    """Grey images repeated to the net's channels, then resized to the size it was trained at.
+
+    Only zoo models need it (a RobustBench CIFAR-10 or an ImageNet model studied on
+    Fashion-MNIST); it sits before the normaliser, so attacks and inversion still work in
+    the study's own pixel space. Bilinear resizing is differentiable, and deterministic on
+    the CPU.
+    """
+
+    def __init__(self, in_channels: int, input_size: Sequence[int]) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.input_size = tuple(input_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[1] == 1 and self.in_channels != 1:
+            x = x.expand(-1, self.in_channels, -1, -1)
+        if self.input_size and tuple(x.shape[-2:]) != self.input_size:
+            x = nn.functional.interpolate(
+                x, size=self.input_size, mode="bilinear", align_corners=False, antialias=False
+            )
+        return x
+
+
 class RobustModel(nn.Module):
     """Normaliser + net, as robustness' `AttackerModel` without its attacker (SPEC 1).
 
@@ -411,11 +453,16 @@ class RobustModel(nn.Module):
     def __init__(self, spec: ModelSpec, model: nn.Module) -> None:
         super().__init__()
         self.spec = spec
+        # It holds no weights, so checkpoints keep the robustness library's keys.
+        zoo_model = spec.source != "robuniv"
+        self._adapter = InputAdapter(spec.in_channels, spec.input_size) if zoo_model else None
         self.normalizer = InputNormalize(spec.mean, spec.std)
         self.model = model
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits (N x num_classes) of images x (N x C x H x W) in [0, 1]."""
+        if self._adapter is not None:
+            x = self._adapter(x)
         return self.model(self.normalizer(x))
 
 
@@ -430,6 +477,13 @@ def build_model(
     every block starts as the identity: deep ResNets (ResNeXt-50) then train in a few
     hundred steps. Other families have no residual blocks and ignore it.
     """
+    if spec.source != "robuniv":
+        from robuniv import zoo  # the zoo libraries load only for zoo models
+
+        with torch.random.fork_rng(devices=[], enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            return RobustModel(spec, zoo.build_net(spec))
     arch = ARCHITECTURES.get(spec.arch)
     with torch.random.fork_rng(devices=[], enabled=seed is not None):
         if seed is not None:
@@ -452,6 +506,8 @@ def build_model(
 
 def default_layer(spec: ModelSpec) -> str:
     """The penultimate layer spec of the net `spec` builds (SPEC 4)."""
+    if spec.penultimate:
+        return spec.penultimate
     layout = "cifar" if spec.stem_adapted else "imagenet"
     return ARCHITECTURES.get(spec.arch).penultimate[layout]
 

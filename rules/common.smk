@@ -14,6 +14,8 @@ from robuniv.config import (
     fig2_models,
     format_eps,
     is_imported,
+    loaded_entry,
+    model_names,
     models_at,
     study_models,
     ModelKey,
@@ -31,6 +33,7 @@ STUDIES = config["studies"]
 # Path templates: stage first, then keys from coarse to fine (STYLE.md section 5).
 MODEL = "results/{study}/models/{arch}/eps{eps}/run{run}.pt"
 IMPORTED = "results/{study}/models/{arch}/eps{eps}/imported.pt"
+LOADED = "results/{study}/models/{arch}/eps{eps}/loaded.pt"
 EVALUATION = "results/{study}/evaluation/eps{eps}.tsv"
 REGULAR_INPUTS = "results/{study}/inputs/regular.tsv"
 INVERSION_PAIRS = "results/{study}/inputs/inversion_pairs.tsv"
@@ -68,7 +71,7 @@ def _alternatives(values):
 
 wildcard_constraints:
     study=_alternatives(STUDIES),
-    arch=_alternatives(a for s in STUDIES.values() for a in s["archs"]),
+    arch=_alternatives(a for s in STUDIES.values() for a in model_names(s)),
     eps=_alternatives(format_eps(e) for s in STUDIES.values() for e in s["eps"]),
     run=r"\d+",
     inputs=_alternatives(INPUT_KINDS),
@@ -85,7 +88,8 @@ def model_path(template, study_name, model):
 
 
 def model_key(wildcards):
-    return ModelKey(wildcards.arch, float(wildcards.eps), int(wildcards.run))
+    # Imported and loaded checkpoints have no run wildcard: they are run 0.
+    return ModelKey(wildcards.arch, float(wildcards.eps), int(wildcards.get("run", 0)))
 
 
 def _checkpoint_files():
@@ -129,7 +133,19 @@ def eps_models(wildcards):
 
 def checkpoint_path(study_name, model):
     s = STUDIES[study_name]
+    if loaded_entry(s, model) is not None:
+        return model_path(LOADED, study_name, model)
     return model_path(IMPORTED if is_imported(s, model) else MODEL, study_name, model)
+
+
+def get_loaded_entry(wildcards):
+    return loaded_entry(study(wildcards), model_key(wildcards))
+
+
+def get_loaded_file(wildcards):
+    """A local weights file is an input, so replacing it reloads the model."""
+    entry = get_loaded_entry(wildcards)
+    return [entry["path"]] if entry is not None and entry.get("path") else []
 
 
 def get_eps_checkpoints(wildcards):

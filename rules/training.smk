@@ -57,3 +57,26 @@ rule import_checkpoint:
         trust_on_first_use=lambda wc: study(wc)["checkpoints"]["trust_on_first_use"],
     script:
         "../workflow_scripts/import_checkpoint.py"
+
+
+# Models of a study's `models:` list from RobustBench, timm, torchvision or a local file
+# (robuniv.zoo): loaded by the library's own loader, hash- and truncation-checked first.
+# Local: downloads need the login node's internet on most clusters.
+rule load_model:
+    input:
+        get_loaded_file,
+    output:
+        ckpt=LOADED,
+    log:
+        "logs/results/{study}/models/{arch}/eps{eps}/loaded.log",
+    localrule: True
+    conda:
+        "../envs/robuniv.yaml"
+    resources:
+        **resources_for("load_model", runtime=30, mem_mb=8000),
+    params:
+        entry=lambda wc: canonical(get_loaded_entry(wc)),
+        cache=lambda wc: study(wc)["model_cache"],
+        dataset=lambda wc: canonical(study(wc)["dataset"]),
+    script:
+        "../workflow_scripts/load_model.py"

@@ -130,3 +130,41 @@ def test_models_are_enumerated_per_eps() -> None:
         ModelKey("b", 0.5, 1),
     ]
     assert ModelKey("a", 0.5, 1).name == "a/run1"
+
+
+def test_models_entries_join_the_grid_and_are_checked(fashion_mnist_root: Path) -> None:
+    from snakemake.exceptions import WorkflowError
+
+    from robuniv.config import loaded_entry, model_names
+
+    rb = {"id": "rb", "source": "robustbench", "name": "Standard", "dataset": "cifar10",
+          "threat_model": "L2", "eps": 1}  # fmt: skip
+    base = {
+        "dataset": {"name": "fashion_mnist", "root": str(fashion_mnist_root)},
+        "archs": ["resnet18"],
+        "eps": [0, 1],
+        "models": [rb, {"source": "train", "arch": "vgg16", "eps": 0}],
+    }
+    study = validated(base)
+    check_study("s", study)
+    assert study_models(study) == [
+        ModelKey("resnet18", 0.0, 0),
+        ModelKey("resnet18", 1.0, 0),
+        ModelKey("rb", 1.0, 0),
+        ModelKey("vgg16", 0.0, 0),
+    ]
+    assert model_names(study) == ["resnet18", "rb", "vgg16"]
+    assert loaded_entry(study, ModelKey("rb", 1.0, 0))["name"] == "Standard"
+    assert loaded_entry(study, ModelKey("vgg16", 0.0, 0)) is None
+    for change, message in (
+        ({**rb, "eps": 0.5}, r"models\[0\] \('rb'\): eps 0.5 is not in the study's eps"),
+        ({**rb, "id": "resnet18"}, "resnet18 at eps 1 run 0 is already given by archs"),
+        (
+            {"id": "f", "source": "file", "arch": "resnet18", "path": "/no/such.pt", "eps": 0},
+            "path '/no/such.pt' is not a file",
+        ),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            check_study("s", validated({**base, "models": [change]}))
+    with pytest.raises(WorkflowError, match="'threat_model' is a required property"):
+        validated({**base, "models": [{k: v for k, v in rb.items() if k != "threat_model"}]})
