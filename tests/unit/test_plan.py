@@ -75,7 +75,7 @@ def test_output_names_resources_and_says_when_no_gpu_was_measured() -> None:
     bench = flat_bench(config)
     text = render(price(config, bench), bench, "test.json")
     assert "no GPU measurement" in text
-    assert "total CPU (bench machine)" in text and "jobs: 101" in text
+    assert "total CPU (bench machine)" in text and "jobs: 103" in text
 
 
 def test_a_network_missing_from_the_bench_is_named() -> None:

@@ -310,5 +310,5 @@ def test_bounds_figure_draws_four_bounds_and_the_observed_agreement() -> None:
 def test_draw_figure_names_a_missing_table() -> None:
     with pytest.raises(ValueError, match="fig7 needs the 'bounds' table"):
         draw_figure("fig7", {"similarity": similarity_table()}, {"dpi": 50})
-    with pytest.raises(KeyError, match="fig9"):
-        draw_figure("fig9", {}, {})
+    with pytest.raises(KeyError, match="fig10"):
+        draw_figure("fig10", {}, {})
