@@ -140,3 +140,19 @@ def test_unset_imagenet_root_is_named(roots: Path) -> None:
     result = dry_run(roots, "imagenet1k.yaml", env)
     assert result.returncode != 0
     assert "$IMAGENET_ROOT" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("config", "loaded"),
+    [("robustbench_cifar10_l2.yaml", 7), ("timm_imagenet.yaml", 5)],
+)
+def test_zoo_examples_load_every_model_and_train_none(
+    roots: Path, config: str, loaded: int
+) -> None:
+    result = dry_run(roots, config)
+    assert result.returncode == 0, result.stdout + result.stderr
+    jobs = job_counts(result.stdout)
+    print(config, jobs.get("total"), "jobs:", jobs)
+    assert jobs["load_model"] == loaded and "train_model" not in jobs
+    # Every loaded model is inverted and evaluated like a trained one.
+    assert jobs["invert_images"] == loaded
