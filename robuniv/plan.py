@@ -28,6 +28,7 @@ from robuniv.config import (
     adapt_stem_for,
     extreme_eps,
     is_imported,
+    loaded_entry,
     models_at,
     study_models,
 )
@@ -61,6 +62,8 @@ class Work:
     units: float = 0.0
     resource: str = "local"
     seconds: float = 0.0
+    # Units of loaded models (robuniv.zoo): `bench networks` times the registry's nets only.
+    unpriced_units: float = 0.0
 
 
 def _with_defaults(validator_class: Any) -> Any:
@@ -138,7 +141,9 @@ def study_tasks(name: str, study: Mapping[str, Any]) -> Iterator[Task]:
     yield Task("sample_inputs", (name,))
     for model in study_models(study):
         job = (name, model)
-        if is_imported(study, model):
+        if loaded_entry(study, model) is not None:
+            yield Task("load_model", job, "files", 1, model)
+        elif is_imported(study, model):
             yield Task("download_checkpoint", job, "files", 1, model)
             yield Task("import_checkpoint", job, "files", 1, model)
         else:
@@ -270,7 +275,10 @@ def price(config: Mapping[str, Any], bench: Mapping[str, Any]) -> list[Work]:
                 work.seconds += task.units * _similarity_cost(bench, study, task)
             elif task.unit in _FIELDS or task.unit == "probe sample-epochs":
                 work.resource = torch_resource
-                work.seconds += task.units * _network_cost(bench, study, task)
+                if task.model is not None and loaded_entry(study, task.model) is not None:
+                    work.unpriced_units += task.units
+                else:
+                    work.seconds += task.units * _network_cost(bench, study, task)
     return list(rows.values())
 
 
@@ -312,6 +320,12 @@ def render(rows: list[Work], bench: Mapping[str, Any], source: str) -> str:
             f"{work.resource:<22}{_hours(hours):>10}"
         )
     lines += ["-" * len(header), f"jobs: {sum(w.jobs for w in rows)}"]
+    unpriced = [f"{w.rule} {w.unpriced_units:.3g} {w.unit}" for w in rows if w.unpriced_units]
+    if unpriced:
+        lines.append(
+            "not priced (models loaded from a zoo; the bench times registry architectures "
+            f"only): {'; '.join(unpriced)}"
+        )
     threads = networks.get("threads")
     for resource, hours in sorted(totals.items()):
         extra = f" ({hours * threads:.3g} core-hours at {threads} threads)" if threads else ""

@@ -156,3 +156,8 @@ def test_zoo_examples_load_every_model_and_train_none(
     assert jobs["load_model"] == loaded and "train_model" not in jobs
     # Every loaded model is inverted and evaluated like a trained one.
     assert jobs["invert_images"] == loaded
+    # The planner counts the same jobs, and says which work it cannot price.
+    from robuniv.plan import load_bench, load_config, price
+
+    rows = {w.rule: w for w in price(load_config(EXPERIMENTS / config), load_bench(None)[0])}
+    assert rows["load_model"].jobs == loaded and rows["invert_images"].unpriced_units > 0
