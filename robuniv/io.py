@@ -7,6 +7,7 @@ into place, so a killed job never leaves a half-written file that looks done.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -30,6 +31,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it to `path` only on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # A job killed while writing (SIGKILL, a node lost) leaves its temporary file; the job
+    # that writes `path` next removes it. Only one job writes a given output at a time
+    # (Snakemake locks its outputs), so any such file is stale.
+    # mkstemp's random part is 8 characters.
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.{'?' * 8}.tmp"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)

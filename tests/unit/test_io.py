@@ -69,3 +69,17 @@ def test_csv_tables_are_comma_separated_and_read_back(tmp_path: Path) -> None:
     assert lines[0].startswith("# provenance: ")
     assert lines[1:] == ["measure,p", "cka,0.5", "rtd,0.0001"]
     pd.testing.assert_frame_equal(io.read_table(path), table)
+
+
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path: Path) -> None:
+    from robuniv.io import atomic_path
+
+    target = tmp_path / "run0.pt"
+    stale = tmp_path / ".run0.pt.abcd1234.tmp"  # what SIGKILL inside atomic_path leaves
+    stale.write_bytes(b"half")
+    other = tmp_path / ".run1.pt.abcd1234.tmp"  # another output's: not ours to remove
+    other.write_bytes(b"half")
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(b"whole")
+    assert target.read_bytes() == b"whole"
+    assert not stale.exists() and other.exists()
