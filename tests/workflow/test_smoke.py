@@ -35,12 +35,23 @@ def test_whole_dag_produces_every_figure_and_table(smoke_runs: list[Path]) -> No
     }
     # 2 archs x 2 runs = 4 models per eps: 6 regular pairs, each compared on both of its
     # models' inverted sets; 2 of the 6 pairs are one architecture from two runs.
-    per_measure = similarity[similarity["measure"] == "cka"]
+    cka = similarity[similarity["measure"] == "cka"]
+    per_measure = cka[cka["layer"] == "penultimate"]
     assert len(per_measure) == 2 * (6 + 12)
     same_arch = per_measure[per_measure["model_a"] == per_measure["model_b"]]
     assert len(same_arch) == 2 * (2 + 4) and (same_arch["run_a"] != same_arch["run_b"]).all()
     assert set(similarity.loc[similarity["measure"] == "jaccard", "k"]) == {5, 10}
     assert np.isfinite(similarity["value"]).all()
+    # Fig 9: three further layers per architecture, the same comparisons at each, by depth;
+    # agreement, JSDSim and (by default) RTD stay with the penultimate layer.
+    assert len(cka) == 4 * len(per_measure)
+    deeper = similarity[similarity["layer"] != "penultimate"]
+    assert set(deeper["measure"]) == {"cka", "cka_unbiased", "procrustes_sim", "jaccard"}
+    depth = deeper.groupby("layer")["depth"].mean()
+    assert list(depth.index) == ["L1", "L2", "L3"] and depth.is_monotonic_increasing
+    assert depth.iloc[-1] < per_measure["depth"].min() < 1
+    layer_cka = io.read_table(results / "similarity" / "layer_cka.tsv")
+    assert len(layer_cka) == 4 * 4 and layer_cka["value"].between(0, 1).all()
     accuracy = io.read_table(results / "tables" / "accuracy.tsv")
     assert len(accuracy) == 2 * 2
     assert (results / "tables" / "accuracy.tex").read_text().count(r"\\") >= 2
