@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import h5py
 import numpy as np
 import pandas as pd
 
@@ -92,14 +91,16 @@ def _read_matrices(
     """
     matrices: dict[tuple[ModelKey, str], np.ndarray] = {}
     indices: dict[str, np.ndarray] = {}
-    with h5py.File(path, "r") as fh:
+    with io.open_h5(path) as fh:
         for model, source in keys:
             group = activation_group(model, source)
             if group not in fh:
                 raise KeyError(
                     f"{path} has no activations of {model.name} on {input_group(source)!r}"
                 )
-            matrices[(model, input_group(source))] = fh[group][dataset][()]
+            matrices[(model, input_group(source))] = io.require_finite(
+                fh[group][dataset][()], path, f"{dataset} of {group!r}"
+            )
             rows = fh[group]["indices"][()]
             known = indices.setdefault(input_group(source), rows)
             if not np.array_equal(known, rows):
@@ -135,12 +136,14 @@ def _read_layers(
 ) -> dict[tuple[ModelKey, str, str], np.ndarray]:
     """Extra layer `spec` of each (model, source, spec) of one activation file."""
     matrices = {}
-    with h5py.File(path, "r") as fh:
+    with io.open_h5(path) as fh:
         for model, source, spec in keys:
             group = layers_group_of(activation_group(model, source))
             if group not in fh or spec not in fh[group]:
                 raise KeyError(f"{path} has no layer {spec!r} of {model.name} in {group!r}")
-            matrices[(model, input_group(source), spec)] = fh[group][spec][()]
+            matrices[(model, input_group(source), spec)] = io.require_finite(
+                fh[group][spec][()], path, f"layer {spec!r} of {group!r}"
+            )
     return matrices
 
 

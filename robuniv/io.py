@@ -7,13 +7,14 @@ into place, so a killed job never leaves a half-written file that looks done.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import hashlib
 import json
 import os
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +23,62 @@ import numpy as np
 import pandas as pd
 
 from robuniv import __version__
+from robuniv.log import UserError
 
 PROVENANCE_ATTR = "provenance"
 
 
+class DamagedFileError(UserError):
+    """An input file that cannot be read as what it should be (truncated, garbled)."""
+
+
+class MissingColumnsError(UserError):
+    """A table without a column its reader needs."""
+
+
+class DiskFullError(UserError):
+    """An output could not be written for want of space; nothing of it is left behind."""
+
+
+# Errors that mean the file system ran out of room rather than that the writer is wrong.
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def _no_space(err: BaseException) -> bool:
+    """Whether `err`, or an error it was raised from, is a full disk.
+
+    torch.save wraps the OSError of its file object in a RuntimeError, and matplotlib's PDF
+    writer fails again while cleaning up after it, so the chain is searched, not just `err`.
+    """
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.errno in _NO_SPACE:
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it to `path` only on success."""
+    """Yield a temporary path beside `path`; rename it to `path` only on success.
+
+    A full disk, here or in the caller's writing, raises DiskFullError naming `path`, with
+    the temporary file removed: the traceback of a failed write says little a user can act on.
+    """
     path = Path(path)
+    try:
+        with _atomic_path(path) as tmp:
+            yield tmp
+    except Exception as err:
+        if _no_space(err):
+            raise DiskFullError(f"disk full writing {path}") from err
+        raise
+
+
+@contextlib.contextmanager
+def _atomic_path(path: Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     # A job killed while writing (SIGKILL, a node lost) leaves its temporary file; the job
     # that writes `path` next removes it. Only one job writes a given output at a time
@@ -150,9 +199,27 @@ def write_h5(
             write_group(fh, group_name, arrays, (group_meta or {}).get(group_name))
 
 
+@contextlib.contextmanager
+def open_h5(path: str | Path) -> Iterator[h5py.File]:
+    """`path` opened for reading; damage found while reading raises DamagedFileError.
+
+    A truncated file fails on opening, a garbled one often only when a damaged object is
+    read, so errors of the whole block count. h5py reports both as OSError; a missing
+    group or dataset (KeyError) is the caller's to explain.
+    """
+    try:
+        with h5py.File(path, "r") as fh:
+            yield fh
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        # h5py's own message (in the job's log) names HDF5 internals, not what to do.
+        raise DamagedFileError(f"{path}: not a readable HDF5 file (truncated or damaged)") from err
+
+
 def read_h5(path: str | Path, group: str = "/") -> dict[str, np.ndarray]:
     """All datasets directly in `group` as arrays."""
-    with h5py.File(path, "r") as fh:
+    with open_h5(path) as fh:
         if group not in fh:
             raise KeyError(f"{path}: no group {group!r}; groups: {list_groups(fh)}")
         node = fh[group]
@@ -160,9 +227,23 @@ def read_h5(path: str | Path, group: str = "/") -> dict[str, np.ndarray]:
 
 
 def read_h5_meta(path: str | Path, group: str = "/") -> dict[str, Any]:
-    with h5py.File(path, "r") as fh:
+    with open_h5(path) as fh:
         raw = fh[group].attrs.get(PROVENANCE_ATTR)
         return json.loads(raw) if raw is not None else {}
+
+
+def require_finite(array: np.ndarray, path: str | Path, what: str) -> np.ndarray:
+    """`array` unchanged; DamagedFileError naming `path`, `what` and the bad rows otherwise.
+
+    A diverged model writes NaN or inf features; every measure would turn them into NaN
+    similarities that the tables and figures then show as if they were results.
+    """
+    if array.dtype.kind in "fc" and array.size and not np.isfinite(array).all():
+        bad = int((~np.isfinite(array.reshape(len(array), -1))).any(axis=1).sum())
+        raise DamagedFileError(
+            f"{path}: {what} holds NaN or inf in {bad} of {len(array)} rows (a diverged model?)"
+        )
+    return array
 
 
 def list_groups(fh: h5py.File) -> list[str]:
@@ -187,9 +268,35 @@ def write_table(
         )
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    """A table written by `write_table` (its provenance line skipped)."""
-    return pd.read_csv(path, sep=_separator(path), comment="#")
+def read_table(path: str | Path, columns: Iterable[str] = ()) -> pd.DataFrame:
+    """A table written by `write_table` (its provenance line skipped).
+
+    Raises MissingColumnsError naming `path` unless the table has every one of `columns`.
+    The table remembers `path` (attrs["source"]), so `require_columns` checks made later,
+    where a table is used, name the file too.
+    """
+    try:
+        table = pd.read_csv(path, sep=_separator(path), comment="#")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DamagedFileError(f"{path}: not a readable table ({reason})") from err
+    table.attrs["source"] = str(path)
+    require_columns(table, columns)
+    return table
+
+
+def require_columns(table: pd.DataFrame, columns: Iterable[str], what: str = "table") -> None:
+    """Raise MissingColumnsError naming the columns of `columns` that `table` lacks.
+
+    The message starts with the file the table was read from, where `read_table` read it.
+    """
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        source = table.attrs.get("source")
+        where = f"{source}: " if source else ""
+        raise MissingColumnsError(
+            f"{where}{what} lacks columns {missing}; it has {list(table.columns)}"
+        )
 
 
 def _separator(path: str | Path) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,7 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 from robuniv.config import PAIR_COLUMNS, format_eps, pair_record, same_eps_pairs
+from robuniv.io import require_columns
 
 log = logging.getLogger(__name__)
 
@@ -27,13 +28,7 @@ log = logging.getLogger(__name__)
 NEGATED_MEASURES = frozenset({"rtd"})
 
 EVALUATION_REQUIRED = ("arch", "run", "eps", "params", "clean_acc", "adv_acc")
-
-
-def require_columns(df: pd.DataFrame, columns: Iterable[str], what: str) -> None:
-    """Raise ValueError naming the columns of `columns` that `df` lacks."""
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ValueError(f"{what} lacks columns {missing}; it has {list(df.columns)}")
+SPEARMAN_INPUT = ("study", "inputs", "eps", "model_a", "model_b", "measure", "k", "value")
 
 
 def signed_value(df: pd.DataFrame) -> pd.Series:
@@ -235,6 +230,8 @@ def spearman_table(similarity: pd.DataFrame) -> pd.DataFrame:
     ``pairs`` is `pair_kind`: same-architecture groups appear only where the study has
     several runs. Only the feature layer's rows are tested.
     """
+    # Checked before columns are added, so the message lists the file's own columns.
+    require_columns(similarity, SPEARMAN_INPUT, "similarity table")
     similarity = penultimate_rows(similarity)
     return spearman_by_group(
         similarity.assign(pairs=pair_kind(similarity)),

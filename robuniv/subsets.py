@@ -17,10 +17,10 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pandas as pd
 
+from robuniv import io
 from robuniv.config import PAIR_COLUMNS, ModelKey, pair_record
 from robuniv.groups import activation_group
 from robuniv.similarity import MEASURES, compare_pairs
@@ -70,12 +70,15 @@ def agreement_rows(
 def _read(path: str | Path, models: Sequence[ModelKey]) -> dict[ModelKey, dict[str, np.ndarray]]:
     """Features, logits and row indices of each model on the regular images."""
     data = {}
-    with h5py.File(path, "r") as fh:
+    with io.open_h5(path) as fh:
         for model in models:
             group = activation_group(model, None)
             if group not in fh:
                 raise KeyError(f"{path} has no activations of {model.name} on the regular images")
-            data[model] = {name: fh[group][name][()] for name in ("features", "logits", "indices")}
+            data[model] = {
+                name: io.require_finite(fh[group][name][()], path, f"{name} of {group!r}")
+                for name in ("features", "logits", "indices")
+            }
     return data
 
 

@@ -4,12 +4,13 @@ import pandas as pd
 
 from robuniv import io
 from robuniv.log import to_file
-from robuniv.stats import accuracy_table, to_latex
+from robuniv.stats import EVALUATION_REQUIRED, accuracy_table, to_latex
 
 
 def main(smk) -> None:
     to_file(smk.log[0])
-    evaluation = pd.concat([io.read_table(path) for path in smk.input], ignore_index=True)
+    parts = [io.read_table(path, columns=EVALUATION_REQUIRED) for path in smk.input]
+    evaluation = pd.concat(parts, ignore_index=True)
     evaluation.insert(0, "study", smk.wildcards.study)
     table = accuracy_table(evaluation)
     meta = io.provenance(study=smk.wildcards.study, evaluations=list(smk.input))

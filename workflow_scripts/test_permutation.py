@@ -4,12 +4,13 @@ import pandas as pd
 
 from robuniv import io
 from robuniv.log import to_file
-from robuniv.stats import permutation_table, to_latex
+from robuniv.stats import SUBSET_REQUIRED, permutation_table, to_latex
 
 
 def main(smk) -> None:
     to_file(smk.log[0])
-    subsets = pd.concat([io.read_table(path) for path in smk.input], ignore_index=True)
+    parts = [io.read_table(path, columns=SUBSET_REQUIRED) for path in smk.input]
+    subsets = pd.concat(parts, ignore_index=True)
     meta = io.provenance(study=smk.wildcards.study, parts=list(smk.input))
     io.write_table(smk.output.subsets, subsets, meta)
     table = permutation_table(subsets, resamples=smk.params.resamples, seed=smk.params.seed)
