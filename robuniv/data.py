@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from robuniv.log import UserError
 from robuniv.registry import Registry
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ SPLITS: tuple[str, ...] = ("train", "eval")
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """A dataset root is missing or does not hold what the dataset needs."""
 
 
@@ -96,6 +97,15 @@ def _fashion_mnist_arrays(root: Path, split: Split) -> tuple[np.ndarray, np.ndar
     raw = root / "FashionMNIST" / "raw"
     images = _read_idx(raw / _FMNIST_FILES[split][0])
     labels = _read_idx(raw / _FMNIST_FILES[split][1]).astype(np.int64)
+    # A whole IDX file of the wrong length (another dataset's, a cut-down copy) would shift
+    # every sampled index and every reported size, so the count is checked, not just the bytes.
+    expected = DATASETS.get("fashion_mnist").split_sizes[SPLITS.index(split)]
+    for name, array in ((_FMNIST_FILES[split][0], images), (_FMNIST_FILES[split][1], labels)):
+        if len(array) != expected:
+            raise DatasetError(
+                f"{raw / name} holds {len(array)} items, Fashion-MNIST's {split} split has "
+                f"{expected}"
+            )
     # Pad 28x28 to 32x32 so every registry architecture (VGG's five poolings) fits.
     images = np.pad(images, ((0, 0), (2, 2), (2, 2)))[:, None]
     return images, labels

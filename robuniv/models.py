@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import pickle
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,10 +28,16 @@ import torch
 from torch import Tensor, nn
 
 from robuniv.io import atomic_path
+from robuniv.log import UserError
 from robuniv.nets import VGG16_LAYERS, BasicBlock, Bottleneck, DenseNet, conv1x1, vgg_features
 from robuniv.registry import Registry
 
 log = logging.getLogger(__name__)
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be read, or whose weights do not fit its model."""
+
 
 Variant = Literal["imagenet", "cifar"]
 VARIANTS: tuple[str, ...] = get_args(Variant)
@@ -663,13 +670,17 @@ def load_checkpoint(
     """Rebuild a model saved by `save_checkpoint`, load it strictly, put it in eval mode.
 
     Returns the model on `map_location` and the checkpoint dict without "model" (epoch,
-    optimizer, schedule, robuniv metadata). Missing, unexpected or misshapen weights raise
-    ValueError.
+    optimizer, schedule, robuniv metadata). A damaged file, or missing, unexpected or
+    misshapen weights, raise CheckpointError naming `path`.
     """
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    meta = ckpt.get("robuniv")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    # torch reports a damaged archive as whatever its zip or pickle reader tripped on.
+    except (RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError) as err:
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or damaged)") from err
+    meta = ckpt.get("robuniv") if isinstance(ckpt, dict) else None
     if not isinstance(meta, dict) or "spec" not in meta:
-        raise ValueError(
+        raise CheckpointError(
             f"{path}: no robuniv model spec; for a robustness-library release, "
             "build the model and load split_robustness_state(...) of its weights"
         )
@@ -680,7 +691,7 @@ def load_checkpoint(
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise ValueError(f"{path}: weights do not fit {model.spec.arch}: {err}") from None
+        raise CheckpointError(f"{path}: weights do not fit {model.spec.arch}: {err}") from None
     log.info("loaded %s (%s, epoch %s)", path, model.spec.arch, ckpt.get("epoch"))
     return model.eval(), {k: v for k, v in ckpt.items() if k != "model"}
 

@@ -16,6 +16,7 @@ from robuniv.data import (
     sample_indices,
 )
 from robuniv.inputs import inversion_pairs, regular_inputs
+from robuniv.log import UserError
 
 
 def test_fashion_mnist_is_read_as_torchvision_reads_it(fashion_mnist_root: Path) -> None:
@@ -99,3 +100,34 @@ def test_inversion_seeds_come_from_another_class_and_are_repeatable() -> None:
 def test_inversion_needs_two_classes() -> None:
     with pytest.raises(ValueError, match=r"at least two classes.*\[4\]"):
         inversion_pairs(np.full(10, 4), 5, seed=0)
+
+
+def _damaged_root(root: Path, copy: Path, name: str, data: bytes) -> Path:
+    """`root` with file `name` replaced by `data`; the other files are links."""
+    raw = copy / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for source in (root / "FashionMNIST" / "raw").iterdir():
+        if source.name != name:
+            (raw / source.name).symlink_to(source.resolve())
+    (raw / name).write_bytes(data)
+    return copy
+
+
+def test_truncated_or_short_split_is_named_where_the_split_is_read(
+    tmp_path: Path, fashion_mnist_root: Path
+) -> None:
+    name = "train-labels-idx1-ubyte"
+    labels = (fashion_mnist_root / "FashionMNIST" / "raw" / name).read_bytes()
+    cut = _damaged_root(fashion_mnist_root, tmp_path / "cut", name, labels[:-10])
+    with pytest.raises(DatasetError) as err:
+        load_labels("fashion_mnist", cut, "train")
+    path = cut / "FashionMNIST" / "raw" / name
+    assert str(err.value) == f"{path} holds 59990 bytes, its header says (60000,)"
+    # A whole IDX file of 1000 labels: consistent in itself, wrong for the split.
+    short = labels[:4] + (1000).to_bytes(4, "big") + labels[8:1008]
+    small = _damaged_root(fashion_mnist_root, tmp_path / "small", name, short)
+    with pytest.raises(DatasetError) as err:
+        open_split("fashion_mnist", small, "train", indices=np.array([0]))
+    path = small / "FashionMNIST" / "raw" / name
+    assert str(err.value) == f"{path} holds 1000 items, Fashion-MNIST's train split has 60000"
+    assert isinstance(err.value, UserError)

@@ -12,8 +12,10 @@ from torch import nn
 from torchvision.models.resnet import Bottleneck
 from torchvision.models.resnet import ResNet as TorchvisionResNet
 
+from robuniv.log import UserError
 from robuniv.models import (
     ARCHITECTURES,
+    CheckpointError,
     InputNormalize,
     ModelSpec,
     build_model,
@@ -373,3 +375,20 @@ def test_normalizer_clamps_to_unit_interval_then_standardises() -> None:
     x = torch.tensor([-1.0, 0.0, 0.75, 2.0]).view(1, 1, 1, 4).expand(1, 2, 1, 4)
     expected = torch.tensor([[-1.0, -1.0, 0.5, 1.0], [-1.0, -1.0, 2.0, 3.0]]).view(1, 2, 1, 4)
     torch.testing.assert_close(normalize(x), expected)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "tail cut", "empty", "not a checkpoint"])
+def test_damaged_checkpoint_is_named_in_one_line(tmp_path, damage: str) -> None:
+    path = trained_like_checkpoint(tmp_path, build_model(small_spec("resnet18"), seed=0))
+    data = path.read_bytes()
+    damaged = {
+        "truncated": data[: len(data) // 2],
+        "tail cut": data[:-10],
+        "empty": b"",
+        "not a checkpoint": b"hello\n" * 10,
+    }[damage]
+    path.write_bytes(damaged)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    assert str(err.value) == f"{path}: not a readable checkpoint (truncated or damaged)"
+    assert isinstance(err.value, UserError)

@@ -123,3 +123,23 @@ def test_mismatched_rows_and_predictive_measures_are_refused(tmp_path: Path) -> 
     io.write_h5(path, groups, {})
     with pytest.raises(ValueError, match=f"{path}: regular-image rows of arch1/run0 differ"):
         agreement_subset_table(*files, study="s", eps=1.0, measures=["cka"])
+
+
+def test_non_finite_activations_are_named_by_file_group_and_rows(tmp_path: Path) -> None:
+    from robuniv.compare import similarity_table
+
+    path, models = planted_study(tmp_path, n_models=2)
+    group = activation_group(models[1], None)
+    arrays = {
+        activation_group(m, None): io.read_h5(path, activation_group(m, None)) for m in models
+    }
+    arrays[group]["features"][[3, 7]] = np.nan
+    arrays[group]["features"][9, 0] = np.inf
+    io.write_h5(path, arrays, {})
+    message = f"{path}: features of '{group}' holds NaN or inf in 3 of 120 rows (a diverged model?)"
+    with pytest.raises(io.DamagedFileError) as err:
+        similarity_table(path, models, "regular", ["cka"], study="s", eps=1.0)
+    assert str(err.value) == message
+    with pytest.raises(io.DamagedFileError) as err:
+        agreement_subset_table(path, models, study="s", eps=1.0, measures=["cka"])
+    assert str(err.value) == message
