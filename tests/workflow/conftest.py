@@ -1,8 +1,10 @@
 """Two complete runs of the smoke study, shared by every workflow test of the session.
 
 While the second run works, two more `snakemake` processes are started in its folder, as
-a user might by mistake: what they did is kept for tests/workflow/test_concurrency.py, and
-the byte-identity test then shows that they harmed nothing.
+a user might by mistake (what they did is kept for tests/workflow/test_concurrency.py), and
+then one job of each heavy rule is SIGKILLed at a seeded moment and the study rerun as a
+user would (tests/workflow/faults.py; the fault matrix is kept for test_faults.py). The
+byte-identity test then shows that none of it changed a byte of the results.
 """
 
 from __future__ import annotations
@@ -13,17 +15,17 @@ import time
 from pathlib import Path
 
 import pytest
+from faults import Fault, run_with_faults
 from smoke import Interference, SmokeSession, command, snakemake, write_config
 
+FAULT_SEED = 11
 
-def _run_with_interference(workdir: Path, config: Path) -> Interference:
+
+def _run_with_interference(workdir: Path, config: Path) -> tuple[Interference, list[Fault]]:
     env = {**os.environ, "PYTHONHASHSEED": "0"}
+    run = command(workdir, config, "--cores", "2")
     first = subprocess.Popen(
-        command(workdir, config, "--cores", "2"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
+        run, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
     )
     try:
         # Snakemake locks the folder once the DAG is built, before the first job starts.
@@ -41,13 +43,11 @@ def _run_with_interference(workdir: Path, config: Path) -> Interference:
         plain = snakemake(workdir, config, check=False)
         rerun = snakemake(workdir, config, "--rerun-incomplete", check=False)
         still_running = first.poll() is None
-        out, _ = first.communicate(timeout=900)
+        faults = run_with_faults(run, workdir, env, FAULT_SEED, first)
     finally:
         if first.poll() is None:
             first.kill()
-    if first.returncode != 0:
-        raise AssertionError(f"smoke run failed:\n{out}")
-    return Interference(plain, rerun, still_running, locks)
+    return Interference(plain, rerun, still_running, locks), faults
 
 
 @pytest.fixture(scope="session")
@@ -61,9 +61,9 @@ def smoke_session(
         if i == 0:
             snakemake(workdir, config)
         else:
-            interference = _run_with_interference(workdir, config)
+            interference, faults = _run_with_interference(workdir, config)
         runs.append(workdir)
-    return SmokeSession(runs, interference)
+    return SmokeSession(runs, interference, faults)
 
 
 @pytest.fixture(scope="session")

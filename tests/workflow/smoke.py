@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -102,3 +102,5 @@ class SmokeSession:
 
     runs: list[Path]
     interference: Interference
+    # One SIGKILLed job per heavy rule in the second run (tests/workflow/faults.py).
+    faults: list = field(default_factory=list)
