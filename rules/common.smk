@@ -25,8 +25,10 @@ validate(config, schema="schemas/config.schema.yaml")
 # Relations the schema cannot express (dataset files, k < N, ...) stop the run here,
 # before any job starts, with a message naming the bad value.
 check_config(config["studies"])
-# Layer specs name modules: checked on meta-device networks (imports torch, about 2 s).
-check_layers(config["studies"])
+# Layer specs name modules: checked on meta-device networks (imports torch, 2-4 s), by
+# the process the user started; the job processes a cluster executor spawns skip it.
+if workflow.is_main_process:
+    check_layers(config["studies"])
 
 STUDIES = config["studies"]
 
