@@ -113,6 +113,15 @@ def test_extract_layers_keeps_the_feature_layer_bytes_and_reduces_the_others() -
         assert all(e.dtype == np.float32 for e in extras)
 
 
+def test_a_module_input_and_the_feature_layer_itself_can_be_extra_layers() -> None:
+    model, data = small_model(), images()
+    f, _, (l1_in, pen) = extract_layers(
+        model, data, layer="fc:in", extra_layers=["layer1:in", "fc:in"], batch_size=5
+    )
+    assert np.array_equal(pen, f)
+    assert l1_in.shape == (len(data), 4)  # the stem's output, pooled
+
+
 @pytest.fixture(scope="module")
 def activation_file(tmp_path_factory, fashion_mnist_root) -> tuple[Path, list[ModelKey]]:
     """A real activations_stage file: resnet18 and vgg16_bn, three extra layers each."""
