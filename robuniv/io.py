@@ -217,13 +217,17 @@ def open_h5(path: str | Path) -> Iterator[h5py.File]:
         raise DamagedFileError(f"{path}: not a readable HDF5 file (truncated or damaged)") from err
 
 
-def read_h5(path: str | Path, group: str = "/") -> dict[str, np.ndarray]:
-    """All datasets directly in `group` as arrays."""
+def read_h5(path: str | Path, group: str = "/", *, finite: bool = False) -> dict[str, np.ndarray]:
+    """All datasets directly in `group` as arrays; with `finite`, none may hold NaN or inf."""
     with open_h5(path) as fh:
         if group not in fh:
             raise KeyError(f"{path}: no group {group!r}; groups: {list_groups(fh)}")
         node = fh[group]
-        return {name: item[()] for name, item in node.items() if isinstance(item, h5py.Dataset)}
+        arrays = {name: item[()] for name, item in node.items() if isinstance(item, h5py.Dataset)}
+    if finite:
+        for name, array in arrays.items():
+            require_finite(array, path, f"{name} of {group!r}")
+    return arrays
 
 
 def read_h5_meta(path: str | Path, group: str = "/") -> dict[str, Any]:

@@ -488,8 +488,8 @@ def train_probes_stage(
     config = ProbeConfig.from_mapping(probe)
     with io.h5_writer(output, provenance) as fh:
         for key in sorted(models):
-            train = io.read_h5(features_file, f"{key.name}/{PROBE_TRAIN_GROUP}")
-            heldout = io.read_h5(activations_file, activation_group(key, None))
+            train = io.read_h5(features_file, f"{key.name}/{PROBE_TRAIN_GROUP}", finite=True)
+            heldout = io.read_h5(activations_file, activation_group(key, None), finite=True)
             n_classes = heldout["logits"].shape[1]
             result = train_probe(
                 train["features"], train["labels"], config, n_classes=n_classes, device=device

@@ -12,7 +12,9 @@ def main(smk) -> None:
     files = dict(zip(smk.params.eps, smk.input, strict=True))
     predictions = {}
     for model in model_keys(smk.params.models):
-        regular = io.read_h5(files[format_eps(model.eps)], activation_group(model, None))
+        regular = io.read_h5(
+            files[format_eps(model.eps)], activation_group(model, None), finite=True
+        )
         predictions[model] = (regular["logits"], regular["labels"])
     table = bounds_table(predictions, study=smk.wildcards.study)
     io.write_table(smk.output.table, table, io.provenance(study=smk.wildcards.study))

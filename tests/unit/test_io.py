@@ -158,6 +158,19 @@ def test_non_finite_rows_are_counted_and_named() -> None:
     assert io.require_finite(indices, "eps1.h5", "indices") is indices
 
 
+def test_read_h5_refuses_non_finite_arrays_where_asked(tmp_path: Path) -> None:
+    path = tmp_path / "eps0.h5"
+    logits = np.zeros((10, 3), np.float32)
+    logits[2, 1] = np.nan
+    io.write_h5(path, {"m/regular": {"logits": logits, "indices": np.arange(10)}}, {})
+    assert np.isnan(io.read_h5(path, "m/regular")["logits"][2, 1])
+    with pytest.raises(io.DamagedFileError) as err:
+        io.read_h5(path, "m/regular", finite=True)
+    assert str(err.value) == (
+        f"{path}: logits of 'm/regular' holds NaN or inf in 1 of 10 rows (a diverged model?)"
+    )
+
+
 @pytest.fixture
 def full_disk(tmp_path: Path) -> Iterator[Path]:
     """A 64 KiB tmpfs (root only): a full disk a test can reach without filling a real one."""
