@@ -544,11 +544,10 @@ def features_and_logits(model: RobustModel, x: Tensor, layer: str) -> tuple[Tens
     try:
         module = model.model.get_submodule(name)
     except AttributeError:
-        children = ", ".join(n for n, _ in model.model.named_children())
-        raise ValueError(
-            f"unknown layer {name!r} in {model.spec.arch}; top-level modules: {children} "
-            f"(deeper ones as dotted paths, e.g. {default_layer(model.spec)!r})"
-        ) from None
+        from robuniv.layers import resolve  # imports this module
+
+        resolve(model.model, layer, model.spec.arch)  # raises, naming the nearest modules
+        raise
     captured: list[Tensor] = []
 
     # Clone: later in-place ops (ReLU(inplace=True), `out += identity`) would overwrite it.
