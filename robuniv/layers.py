@@ -64,9 +64,11 @@ def resolve(net: nn.Module, spec: str, arch: str = "the net") -> nn.Module:
     except AttributeError:
         names = module_names(net)
         nearest = ", ".join(repr(n) for n in nearest_names(name, names))
+        children = ", ".join(n for n, _ in net.named_children())
         raise LayerError(
             f"unknown layer {name!r} in {arch}; nearest module names: {nearest} "
-            f"({len(names)} modules; append ':in' for a module's input)"
+            f"(top-level modules: {children}; deeper ones as dotted paths; append ':in' "
+            "for a module's input)"
         ) from None
 
 
