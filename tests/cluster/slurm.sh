@@ -72,6 +72,11 @@ write_configs() {
   chown -R slurm:slurm "$state"/ctld "$state"/log "$state"/run
   # A character device standing in for a GPU (a /dev/null clone, never /dev/nvidia*).
   [ -e "$state/dev/fakegpu0" ] || mknod "$state/dev/fakegpu0" c 1 3
+  # For the fault tests (test_slurm.py), a dead node must cost seconds, not minutes:
+  # SlurmdTimeout (300 s by default) is how long slurmctld waits before it sets a silent node
+  # DOWN and requeues its jobs; cred_expire (120 s) is also how long a requeued job waits
+  # before it may start again; bf_interval (30 s) how often the backfill scheduler looks
+  # for a job that became eligible. KillWait: 5 s from SIGTERM to SIGKILL at a time limit.
   cat >/etc/slurm/slurm.conf <<CONF
 ClusterName=robuniv
 SlurmctldHost=$node
@@ -98,6 +103,9 @@ MinJobAge=300
 SchedulerType=sched/backfill
 ReturnToService=2
 KillWait=5
+SlurmdTimeout=10
+AuthInfo=cred_expire=15
+SchedulerParameters=bf_interval=5
 NodeName=$node CPUs=$cpus Sockets=$sockets CoresPerSocket=$cores ThreadsPerCore=$threads RealMemory=$mem_mb Gres=gpu:1 State=UNKNOWN
 PartitionName=main Nodes=$node Default=YES MaxTime=INFINITE State=UP
 CONF
