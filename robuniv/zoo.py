@@ -244,6 +244,8 @@ def _timm() -> Any:
 
 
 def _load_timm(entry: ModelEntry, cache_dir: Path) -> nn.Module:
+    # huggingface_hub reads its cache folder once, when timm first imports it.
+    os.environ.setdefault("HF_HUB_CACHE", str(cache_dir / "huggingface"))
     timm = _timm()
     who = entry.describe()
     if not timm.is_model(entry.name):
@@ -253,16 +255,40 @@ def _load_timm(entry: ModelEntry, cache_dir: Path) -> nn.Module:
     kwargs: dict[str, Any] = {}
     if entry.num_classes is not None:
         kwargs["num_classes"] = entry.num_classes
-    if entry.path:
-        vet_file(entry.path, entry)
-        kwargs["pretrained_cfg_overlay"] = {"file": str(Path(entry.path).resolve())}
-    else:
-        os.environ.setdefault("HF_HUB_CACHE", str(cache_dir / "huggingface"))
+    path = Path(entry.path) if entry.path else None
+    if path is None and entry.sha256:
+        # A pinned hash needs the file before timm opens it: fetch it from the hub as timm
+        # would (safetensors first), then hand timm the checked local copy.
+        path = _timm_hub_file(entry)
+    if path is not None:
+        vet_file(path, entry)
+        kwargs["pretrained_cfg_overlay"] = {"file": str(path.resolve())}
     try:
         return timm.create_model(entry.name, pretrained=True, **kwargs)
     except (RuntimeError, OSError, ValueError) as err:
         # Weights that do not fit, or a hub download that failed (no internet on the node).
         raise ZooError(f"{who}: {type(err).__name__}: {str(err).splitlines()[0][:300]}") from None
+
+
+def _timm_hub_file(entry: ModelEntry) -> Path:
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(entry.name)
+    if cfg is None or not cfg.hf_hub_id:
+        raise ZooError(
+            f"{entry.describe()}: timm has no hub file to check the pinned sha256 against"
+        )
+    from huggingface_hub import hf_hub_download
+
+    errors = []
+    for filename in ("model.safetensors", cfg.hf_hub_filename or "pytorch_model.bin"):
+        try:
+            return Path(hf_hub_download(cfg.hf_hub_id, filename=filename))
+        except Exception as err:  # noqa: BLE001 - the hub client raises many kinds
+            errors.append(type(err).__name__)
+    raise ZooError(
+        f"{entry.describe()}: download from {cfg.hf_hub_id} failed ({', '.join(errors)})"
+    )
 
 
 def _timm_classifier_input(net: nn.Module) -> str:
