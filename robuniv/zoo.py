@@ -181,26 +181,21 @@ def _robustbench() -> Any:
     return robustbench.utils
 
 
+def _robustbench_enum(kind: Any, value: str, what: str, who: Any) -> Any:
+    try:
+        return kind(value)
+    except ValueError:
+        known = ", ".join(member.value for member in kind)
+        raise ZooError(f"{who}: RobustBench has no {what} {value!r}; known: {known}") from None
+
+
 def _robustbench_models(entry_or_spec: Any, dataset: str, threat_model: str) -> dict[str, Any]:
     _robustbench()
     from robustbench.model_zoo import model_dicts
     from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
 
-    try:
-        ds = BenchmarkDataset(dataset)
-    except ValueError:
-        known = [d.value for d in BenchmarkDataset]
-        raise ZooError(
-            f"{entry_or_spec}: RobustBench has no dataset {dataset!r}; known: {', '.join(known)}"
-        ) from None
-    try:
-        tm = ThreatModel(threat_model)
-    except ValueError:
-        known = [t.value for t in ThreatModel]
-        raise ZooError(
-            f"{entry_or_spec}: RobustBench has no threat model {threat_model!r}; known: "
-            f"{', '.join(known)}"
-        ) from None
+    ds = _robustbench_enum(BenchmarkDataset, dataset, "dataset", entry_or_spec)
+    tm = _robustbench_enum(ThreatModel, threat_model, "threat model", entry_or_spec)
     return model_dicts[ds][tm]
 
 
