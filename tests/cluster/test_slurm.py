@@ -315,6 +315,9 @@ def test_a_job_on_a_node_that_dies_is_requeued_and_the_tables_match(cluster, slu
     assert after.keys() == before.keys(), summary
     changed = [name for name in before if after[name] != before[name]]
     assert changed == [], f"tables differ from the undisturbed run's: {changed}; {summary}"
+    # The killed writer left nothing half-written beside the outputs.
+    left = sorted(p.name for p in (results / "similarity" / "agreement_subsets").iterdir())
+    assert left == ["eps0.tsv", "eps1.tsv"], left
 
 
 # Seconds of training, at the speed the fixture's run logged, for the time-limit test: past
@@ -356,8 +359,8 @@ def test_a_job_past_its_time_limit_is_retried_with_more_time_and_resumes(
     slurm_run, tmp_path: Path
 ) -> None:
     """Training that outlasts its first attempt's 1 min: SLURM ends it (TIMEOUT), Snakemake
-    retries with 2 min (runtime x attempt), training resumes from its last epoch, and the
-    network equals, bit for bit, the one an undisturbed local run of the same config trains."""
+    retries with 2 min and twice the memory (runtime, mem_mb x attempt), training resumes
+    from the last epoch the killed attempt saved, and the network equals, bit for bit, the one an undisturbed local run of the same config trains."""
     workdir, config, _, _ = slurm_run
     target = "results/smoke/models/vgg16_bn/eps1/run0.pt"
     log = workdir / "logs/results/smoke/models/vgg16_bn/eps1/run0.log"
@@ -396,10 +399,21 @@ def test_a_job_past_its_time_limit_is_retried_with_more_time_and_resumes(
     assert set(states[1:-1]) <= {"TIMEOUT"}, summary
     limits = [job["Timelimit"] for job in jobs]
     assert limits[:2] == ["00:01:00", "00:02:00"], f"runtime x attempt: {limits}; {summary}"
+    mem = [job["ReqTRES"] for job in jobs[:2]]
+    assert "mem=1500M" in mem[0] and "mem=3000M" in mem[1], f"mem_mb x attempt: {mem}"
+    # Not asserted: an attempt that finishes training just at its limit still ends in
+    # TIMEOUT, Snakemake deletes its checkpoint, and with the resume state gone (deleted on
+    # completion) the next attempt starts at epoch 1; the network is the same either way.
     train_log = (folders["slurm"] / log.relative_to(workdir)).read_text()
-    assert "resumed from" in train_log, train_log[-2000:]
+    resumed = re.findall(r"resumed from \S+ after epoch (\d+)", train_log)
+    print(
+        f"  last attempt {'resumed after epoch ' + resumed[0] if resumed else 'began at epoch 1'}"
+    )
     differ = same_checkpoint(folders["slurm"] / target, folders["local"] / target)
     assert differ == [], f"the retried training differs from the undisturbed one: {differ}"
+    # The resume state is gone with the finished checkpoint, and nothing half-written is left.
+    left = sorted(p.name for p in (folders["slurm"] / target).parent.iterdir())
+    assert left == ["run0.pt"], left
 
 
 def test_a_cancelled_job_is_retried_and_leaves_no_partial_output(slurm_run, tmp_path: Path) -> None:
