@@ -355,6 +355,7 @@ def same_checkpoint(a: Path, b: Path) -> list[str]:
     return sorted(differ)
 
 
+@pytest.mark.slurm_timeout
 def test_a_job_past_its_time_limit_is_retried_with_more_time_and_resumes(
     slurm_run, tmp_path: Path
 ) -> None:
