@@ -9,7 +9,11 @@ being computed, the heatmap's pair, and, by building each network on PyTorch's m
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from robuniv.config import ConfigError, ModelKey, adapt_stem_for, model_names, models_at
@@ -79,33 +83,79 @@ def check_study_layers(name: str, study: Mapping[str, Any], *, modules: bool = T
         check_module_names(name, study)
 
 
+# The code that decides a registry network's module names: a passed check stays valid
+# while these files are unchanged.
+_NETWORK_CODE = ("models.py", "nets.py", "layers.py", "data.py", "pipeline.py")
+
+
+def _check_cache() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "robuniv" / "layer-names.json"
+
+
+def _check_key(arch: str, dataset: str, model: Mapping[str, Any], specs: list[str]) -> str:
+    digest = hashlib.sha256()
+    here = Path(__file__).resolve().parent
+    for name in _NETWORK_CODE:
+        digest.update((here / name).read_bytes())
+    what = [arch, dataset, model["width"], adapt_stem_for(model, arch), specs]
+    digest.update(json.dumps(what, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
 def check_module_names(name: str, study: Mapping[str, Any]) -> None:
-    """Every spec of `layers` and `model.layers` names a module of its network."""
+    """Every spec of `layers` and `model.layers` names a module of its network.
+
+    Checks that passed are remembered (keyed by the specs and the network code) in
+    ~/.cache/robuniv, so a Snakemake start imports torch only for specs it has not seen.
+    """
+    cache = _check_cache()
+    try:
+        passed = set(json.loads(cache.read_text()))
+    except (OSError, ValueError):
+        passed = set()
+    # Networks of the architecture registry; loaded models are checked when they load.
+    new = set()
+    for arch in study.get("archs", []):
+        penultimate = study.get("model", {}).get("layers", {}).get(arch)
+        specs = [*study["layers"].get(arch, []), *([penultimate] if penultimate else [])]
+        if not specs:
+            continue
+        key = _check_key(arch, study["dataset"]["name"], study["model"], specs)
+        if key in passed:
+            continue
+        _check_arch(name, study, arch, specs)
+        new.add(key)
+    if new:
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(sorted(passed | new)))
+            os.replace(tmp, cache)
+        except OSError:  # a read-only home: the check just runs again next time
+            pass
+
+
+def _check_arch(name: str, study: Mapping[str, Any], arch: str, specs: list[str]) -> None:
     import torch
 
     from robuniv.layers import LayerError, check_specs
     from robuniv.models import build_model
     from robuniv.pipeline import model_spec
 
-    # Networks of the architecture registry; loaded models are checked when they load.
-    for arch in study.get("archs", []):
-        penultimate = study.get("model", {}).get("layers", {}).get(arch)
-        specs = [*study["layers"].get(arch, []), *([penultimate] if penultimate else [])]
-        if not specs:
-            continue
-        spec = model_spec(
-            arch,
-            study["dataset"]["name"],
-            width=study["model"]["width"],
-            adapt_stem=adapt_stem_for(study["model"], arch),
-        )
-        # Meta tensors: the module tree without allocating or initialising any weight.
-        with torch.device("meta"):
-            net = build_model(spec).model
-        try:
-            check_specs(net, specs, arch)
-        except LayerError as err:
-            raise ConfigError(f"study {name!r}: layers.{arch}: {err}") from None
+    spec = model_spec(
+        arch,
+        study["dataset"]["name"],
+        width=study["model"]["width"],
+        adapt_stem=adapt_stem_for(study["model"], arch),
+    )
+    # Meta tensors: the module tree without allocating or initialising any weight.
+    with torch.device("meta"):
+        net = build_model(spec).model
+    try:
+        check_specs(net, specs, arch)
+    except LayerError as err:
+        raise ConfigError(f"study {name!r}: layers.{arch}: {err}") from None
 
 
 def check_layers(studies: Mapping[str, Mapping[str, Any]]) -> None:

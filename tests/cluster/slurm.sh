@@ -71,7 +71,11 @@ write_configs() {
   mkdir -p /etc/slurm "$state"/{ctld,d,log,run,db,dev}
   chown -R slurm:slurm "$state"/ctld "$state"/log "$state"/run
   # A character device standing in for a GPU (a /dev/null clone, never /dev/nvidia*).
-  [ -e "$state/dev/fakegpu0" ] || mknod "$state/dev/fakegpu0" c 1 3
+  # Two of them: the workflow's network jobs each ask for one GPU, and with one the test
+  # cluster ran them one at a time on a 2-core node.
+  for i in 0 1; do
+    [ -e "$state/dev/fakegpu$i" ] || mknod "$state/dev/fakegpu$i" c 1 3
+  done
   # For the fault tests (test_slurm.py), a dead node must cost seconds, not minutes:
   # SlurmdTimeout (300 s by default) is how long slurmctld waits before it sets a silent node
   # DOWN and requeues its jobs; cred_expire (120 s) is also how long a requeued job waits
@@ -106,10 +110,10 @@ KillWait=5
 SlurmdTimeout=10
 AuthInfo=cred_expire=15
 SchedulerParameters=bf_interval=5
-NodeName=$node CPUs=$cpus Sockets=$sockets CoresPerSocket=$cores ThreadsPerCore=$threads RealMemory=$mem_mb Gres=gpu:1 State=UNKNOWN
+NodeName=$node CPUs=$cpus Sockets=$sockets CoresPerSocket=$cores ThreadsPerCore=$threads RealMemory=$mem_mb Gres=gpu:2 State=UNKNOWN
 PartitionName=main Nodes=$node Default=YES MaxTime=INFINITE State=UP
 CONF
-  echo "NodeName=$node Name=gpu File=$state/dev/fakegpu0" >/etc/slurm/gres.conf
+  echo "NodeName=$node Name=gpu File=$state/dev/fakegpu[0-1]" >/etc/slurm/gres.conf
   cat >/etc/slurm/slurmdbd.conf <<CONF
 AuthType=auth/munge
 DbdHost=localhost

@@ -262,6 +262,7 @@ def test_one_figure_rebuilds_through_slurm(slurm_run) -> None:
     assert (results / "figures" / "fig5_agreement_subsets.pdf").exists()
 
 
+@pytest.mark.slurm_faults
 def test_a_job_on_a_node_that_dies_is_requeued_and_the_tables_match(cluster, slurm_run) -> None:
     """slurmd and the job die mid-job; SLURM marks the node down and requeues the job
     (JobRequeue's default), the node comes back, and the rebuilt table equals the first."""
@@ -355,7 +356,7 @@ def same_checkpoint(a: Path, b: Path) -> list[str]:
     return sorted(differ)
 
 
-@pytest.mark.slurm_timeout
+@pytest.mark.slurm_faults
 def test_a_job_past_its_time_limit_is_retried_with_more_time_and_resumes(
     slurm_run, tmp_path: Path
 ) -> None:

@@ -328,3 +328,29 @@ def test_figures_and_statistics_of_the_paper_read_the_penultimate_rows_only() ->
     boxes = sum(len(ax.patches) for ax in fig.axes)
     reference = plot_representational(penultimate, spearman, measures=("cka",), k=10)
     assert boxes == sum(len(ax.patches) for ax in reference.axes)
+
+
+def test_a_passed_module_name_check_is_remembered_and_a_failed_one_is_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fashion_mnist_root: Path
+) -> None:
+    from robuniv import layer_config
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    study = load_config(REPO / "config.yaml")["studies"]["fashion_mnist"]
+    study["dataset"]["root"] = str(fashion_mnist_root)
+    layer_config.check_module_names("s", study)
+    remembered = set(yaml.safe_load((tmp_path / "robuniv" / "layer-names.json").read_text()))
+    assert len(remembered) == len(study["archs"])
+
+    def fail(*args: object) -> None:
+        raise AssertionError("checked again")
+
+    monkeypatch.setattr(layer_config, "_check_arch", fail)
+    layer_config.check_module_names("s", study)  # from the cache: no network is built
+    monkeypatch.undo()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    bad = copy.deepcopy(study)
+    bad["layers"]["resnet18"] = ["layer1", "layer2", "layr3"]
+    for _ in range(2):  # a failure is not remembered
+        with pytest.raises(ConfigError, match="layr3"):
+            layer_config.check_module_names("s", bad)

@@ -4,9 +4,8 @@ rerun as a user would, until the study completes (the fault matrix of tests/work
 A job is the Python process of its rule's script (Snakemake runs `python
 .snakemake/scripts/tmpXXXX.<rule>.py`); its log (opened by robuniv.log.to_file) says which
 job it is and how far it got. Each rule's kill waits for a line of that log that puts the
-job inside its work (training: epoch 1 written to the resume file, so the kill lands in
-epoch 2 and the rerun resumes; the others: their progress bar has started), then a seeded
-delay. A job that ends before its kill is not counted; the next job of the rule is tried.
+job inside its work (training: epoch 1's resume file exists, so the kill lands in epoch 2
+and the rerun resumes; the others: their progress bar has started), then a seeded delay. A job that ends before its kill is not counted; the next job of the rule is tried.
 """
 
 from __future__ import annotations
@@ -20,9 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
+# Training's countdown starts when epoch 1's resume file exists (the log line of epoch 1
+# comes just before it is written).
+RESUME_FILE = "<resume file>"
 # Rule -> (log text that starts the countdown, longest seeded delay in seconds).
 FAULTS: dict[str, tuple[str, float]] = {
-    "train_model": ("INFO robuniv.train: epoch 1/2:", 0.1),
+    "train_model": (RESUME_FILE, 0.1),
     "invert_images": ("inversion:", 0.3),
     "extract_activations": ("%|", 0.2),
     # The first pairs loop computes cka, cka_unbiased, procrustes_sim, jaccard and rtd.
@@ -122,12 +124,18 @@ def _kill_one_nowait(
     for pid, log in _job_processes(workdir, rule).items():
         key = (pid, rule)
         if key not in _armed:
-            try:
-                text = log.read_text(errors="replace")
-            except OSError:
-                continue
-            if trigger not in text:
-                continue
+            if trigger == RESUME_FILE:
+                # logs/<output path>.log -> <output path>.pt.resume
+                output = workdir / log.relative_to(workdir / "logs").with_suffix(".pt.resume")
+                if not output.exists():
+                    continue
+            else:
+                try:
+                    text = log.read_text(errors="replace")
+                except OSError:
+                    continue
+                if trigger not in text:
+                    continue
             _armed[key] = (now, float(rng.uniform(0, longest)))
         armed_at, delay = _armed[key]
         if now - armed_at < delay:
