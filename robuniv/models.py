@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import math
 import pickle
+import sys
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -597,6 +598,23 @@ def _check_weights_only(value: Any, where: str) -> None:
     )
 
 
+def _interned(value: Any) -> Any:
+    """`value` with every string interned, so equal metadata pickles to equal bytes.
+
+    Pickle writes a string once and refers back to it when the same object recurs. A
+    training history restored from a resume file holds strings unpickled from it, other
+    objects than the code's own "epoch" or "loss": without interning, a resumed run's
+    checkpoint had the same contents as an uninterrupted one's but other bytes.
+    """
+    if isinstance(value, str):
+        return sys.intern(value)
+    if type(value) in (dict, OrderedDict):
+        return type(value)((_interned(k), _interned(v)) for k, v in value.items())
+    if type(value) in (list, tuple):
+        return type(value)(_interned(v) for v in value)
+    return value
+
+
 def save_checkpoint(
     path: str | Path,
     model: RobustModel,
@@ -616,12 +634,14 @@ def save_checkpoint(
     extra = dict(extra or {})
     if "spec" in extra:
         raise ValueError("extra must not contain 'spec': the checkpoint stores model.spec there")
-    payload: dict[str, Any] = {
-        "epoch": epoch,
-        "optimizer": optimizer,
-        "schedule": schedule,
-        "robuniv": {"spec": model.spec.to_dict(), **extra},
-    }
+    payload: dict[str, Any] = _interned(
+        {
+            "epoch": epoch,
+            "optimizer": optimizer,
+            "schedule": schedule,
+            "robuniv": {"spec": model.spec.to_dict(), **extra},
+        }
+    )
     _check_weights_only(payload, "checkpoint")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     robustness_state = {f"module.{k}": v for k, v in state.items()}

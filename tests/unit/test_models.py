@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -392,3 +393,20 @@ def test_damaged_checkpoint_is_named_in_one_line(tmp_path, damage: str) -> None:
         load_checkpoint(path)
     assert str(err.value) == f"{path}: not a readable checkpoint (truncated or damaged)"
     assert isinstance(err.value, UserError)
+
+
+def test_equal_metadata_gives_equal_checkpoint_bytes_whatever_its_strings_history(
+    tmp_path: Path,
+) -> None:
+    """A resumed training's history holds strings unpickled from its resume file; its
+    checkpoint must still have the bytes of an uninterrupted run's (issue 11)."""
+    import pickle
+
+    spec = ModelSpec(arch="resnet18", num_classes=10, width=0.0625, in_channels=1,
+                     mean=(0.5,), std=(0.5,), variant="cifar")  # fmt: skip
+    model = build_model(spec, seed=0)
+    history = [{"epoch": 1, "loss": 2.5}, {"epoch": 2, "loss": 2.25}]
+    restored = pickle.loads(pickle.dumps(history))  # fresh string objects, equal values
+    save_checkpoint(tmp_path / "a.pt", model, epoch=2, extra={"history": history})
+    save_checkpoint(tmp_path / "b.pt", model, epoch=2, extra={"history": restored})
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
