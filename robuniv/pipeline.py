@@ -276,16 +276,17 @@ def _extract(
     desc: str,
 ) -> tuple[np.ndarray, np.ndarray]:
     """`extract` with the config's `activations` block (batch size, amp, channels-last)."""
-    return extract(
-        model,
-        images,
-        layer=layer,
-        batch_size=extraction["batch_size"],
-        device=device,
-        amp=extraction["amp"],
-        channels_last=extraction["channels_last"],
-        desc=desc,
-    )
+    return extract(model, images, layer=layer, **_run_options(extraction, device, desc))
+
+
+def _run_options(extraction: Mapping[str, Any], device: str, desc: str) -> dict[str, Any]:
+    return {
+        "batch_size": extraction["batch_size"],
+        "device": device,
+        "amp": extraction["amp"],
+        "channels_last": extraction["channels_last"],
+        "desc": desc,
+    }
 
 
 def _extract_layers(
@@ -307,11 +308,7 @@ def _extract_layers(
         layer=layer,
         extra_layers=extra_layers,
         reduction=reduction,
-        batch_size=extraction["batch_size"],
-        device=device,
-        amp=extraction["amp"],
-        channels_last=extraction["channels_last"],
-        desc=desc,
+        **_run_options(extraction, device, desc),
     )
 
 
