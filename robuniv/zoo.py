@@ -25,7 +25,7 @@ import struct
 import sys
 import zipfile
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +37,6 @@ from robuniv.log import UserError
 from robuniv.models import ModelSpec, RobustModel, save_checkpoint, split_robustness_state
 
 log = logging.getLogger(__name__)
-
-SOURCES = ("train", "salman2020", "robustbench", "timm", "torchvision", "file")
-LOADED_SOURCES = ("robustbench", "timm", "torchvision", "file")
 
 
 class ZooError(UserError):
@@ -63,11 +60,10 @@ class ModelEntry:
     sha256: str | None = None
     num_classes: int | None = None
     layer: str = ""
-    options: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, entry: Mapping[str, Any]) -> ModelEntry:
-        known = {f for f in cls.__dataclass_fields__ if f != "options"}
+        known = set(cls.__dataclass_fields__)
         values = {k: v for k, v in entry.items() if k in known}
         values["eps"] = float(values["eps"])
         if values.get("sha256"):
@@ -91,8 +87,13 @@ def nearest(name: str, known: Iterable[str], n: int = 5) -> str:
 # --- vetting a weights file before any loader unpickles it -----------------
 
 
-def vet_file(path: str | Path, entry: ModelEntry) -> None:
-    """Raise ZooError unless `path` is a whole weights file that is safe to hand to a loader."""
+def vet_file(path: str | Path, entry: ModelEntry) -> Any:
+    """Raise ZooError unless `path` is a whole weights file that is safe to hand to a loader.
+
+    Returns what `torch.load(weights_only=True)` read where that was the check (no pinned
+    hash, not safetensors), so a caller that wants the file's contents need not read it again;
+    else None.
+    """
     path = Path(path)
     who = entry.describe()
     if not path.is_file():
@@ -108,7 +109,7 @@ def vet_file(path: str | Path, entry: ModelEntry) -> None:
             )
     if path.suffix == ".safetensors":
         _check_safetensors(path, who)
-        return
+        return None
     if zipfile.is_zipfile(path):
         try:
             with zipfile.ZipFile(path) as archive:
@@ -119,17 +120,16 @@ def vet_file(path: str | Path, entry: ModelEntry) -> None:
             raise ZooError(f"{who}: {path} is damaged (member {bad} fails its CRC)")
     elif _looks_truncated_zip(path):
         raise ZooError(f"{who}: {path} is truncated (a torch zip archive without its directory)")
-    if not entry.sha256:
-        try:
-            torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - any failure means: do not unpickle it freely
-            reason = (
-                str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-            )
-            raise ZooError(
-                f"{who}: {path} does not load as plain weights ({reason}); pin its sha256 in "
-                "the config to trust it"
-            ) from None
+    if entry.sha256:
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure means: do not unpickle it freely
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise ZooError(
+            f"{who}: {path} does not load as plain weights ({reason}); pin its sha256 in "
+            "the config to trust it"
+        ) from None
 
 
 def _looks_truncated_zip(path: Path) -> bool:
@@ -313,7 +313,8 @@ def _torchvision_weights(entry: ModelEntry) -> Any:
         ) from None
 
 
-def _load_torchvision(entry: ModelEntry, cache_dir: Path) -> nn.Module:
+def _load_torchvision(entry: ModelEntry, cache_dir: Path) -> tuple[nn.Module, Any, str]:
+    """(net with its weights, the weights enum member, the builder's name)."""
     import torchvision
 
     weights = _torchvision_weights(entry)
@@ -340,7 +341,7 @@ def _load_torchvision(entry: ModelEntry, cache_dir: Path) -> nn.Module:
         name, weights=None, num_classes=len(weights.meta["categories"])
     )
     net.load_state_dict(weights.get_state_dict(progress=False, check_hash=False))
-    return net
+    return net, weights, name
 
 
 # --- a local file with a registry architecture ----------------------------------
@@ -349,10 +350,11 @@ def _load_torchvision(entry: ModelEntry, cache_dir: Path) -> nn.Module:
 def _read_file_state(entry: ModelEntry) -> tuple[dict | None, dict, dict]:
     """(robuniv spec or None, normaliser state, net state) of a robuniv or robustness-library
     checkpoint or a plain state dict."""
-    vet_file(entry.path, entry)
-    # A pinned hash is the user's trust in the file (robustness' own checkpoints pickle more
-    # than tensors); without one, only plain weights.
-    ckpt = torch.load(entry.path, map_location="cpu", weights_only=not entry.sha256)
+    ckpt = vet_file(entry.path, entry)
+    if ckpt is None:
+        # A pinned hash is the user's trust in the file (robustness' own checkpoints pickle
+        # more than tensors); without one, vet_file read it as plain weights.
+        ckpt = torch.load(entry.path, map_location="cpu", weights_only=False)
     state = ckpt.get("model", ckpt.get("state_dict", ckpt)) if isinstance(ckpt, dict) else None
     if not isinstance(state, Mapping) or not all(
         isinstance(v, torch.Tensor) for v in state.values()
@@ -468,8 +470,7 @@ def load_entry(
         layer = entry.layer or _timm_classifier_input(net)
         extra, arch = {}, entry.name
     elif entry.source == "torchvision":
-        weights = _torchvision_weights(entry)
-        net = _load_torchvision(entry, cache_dir)
+        net, weights, arch = _load_torchvision(entry, cache_dir)
         transforms = weights.transforms()
         channels = 3
         crop = transforms.crop_size[0]
@@ -477,7 +478,6 @@ def load_entry(
         mean, std = tuple(transforms.mean), tuple(transforms.std)
         layer = entry.layer or _last_linear_input(net)
         extra = {}
-        arch = entry.name or weights.__class__.__name__.removesuffix("_Weights").lower()
     else:
         raise ZooError(f"{entry.describe()}: source {entry.source!r} is not loaded by robuniv.zoo")
     num_classes = _count_classes(net, channels, size)
