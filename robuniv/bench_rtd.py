@@ -6,7 +6,8 @@
 
 Each RTD trial computes two barcodes, h1_total(A, B) and h1_total(B, A); every one is timed
 (one giotto-ph thread) and the median, the maximum and the count above `--slow` seconds are
-printed per data pair and batch.
+printed per data pair and batch, with the share of the slowest barcode's total that is
+`robuniv.rtd.h0_part` (components, not cycles).
 
 Data: synthetic post-ReLU features (a shared latent factor through random maps plus noise,
 ReLU; with dead units, duplicate rows, and narrow layers whose inputs are often all-zero);
@@ -17,19 +18,21 @@ What the numbers show (2-core machine, batch 500): ordinary post-ReLU features t
 1 s per barcode. A stall (10 s to minutes, 20-100x its mirror direction) needs a narrow
 representation with many all-zero rows (inputs on which every unit is off) compared with a
 wide one: in h1_total(B_wide, A_narrow) those rows are one point of min(A, B) but spread out
-in B. The time is then Ripser's cohomology reduction: its stored reduction columns (the
-cocycles of long-lived bars) grow to 10^3-10^4 edges, each re-expanded into its ~2 batch
-cofacets at every column addition (8e7 heap insertions against 7e5 for the mirror
-direction). Ties are not the cause (randomly breaking them, or permuting vertices, leaves the
-time unchanged), nor is the threshold (giotto-ph already stops at the enclosing radius). An
-edge collapse makes the reduction fast (0.2 s instead of 12 s, same value), but the
-collapsers of giotto-ph and gudhi themselves take 20-100 s on these matrices.
+in B, and nearly all of the total is `h0_part` (many long bars). The time is then Ripser's
+cohomology reduction: its stored reduction columns (the cocycles of the long bars) grow to
+10^3-10^4 edges, each re-expanded into its ~2 batch cofacets at every column addition (8e7
+heap insertions against 7e5 for the mirror direction). Ties are not the cause (randomly
+breaking them, or permuting vertices, leaves the time unchanged), nor is the threshold
+(giotto-ph already stops at the enclosing radius). An edge collapse makes the reduction
+fast (0.2 s instead of 12 s, same value), but the collapsers of giotto-ph and gudhi
+themselves take 27-71 s on these matrices.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -45,10 +48,11 @@ H1Total = Callable[[np.ndarray, np.ndarray], float]
 
 @dataclass(frozen=True)
 class TrialTimes:
-    """Seconds and H1 totals of each barcode: shape (trials, 2), column 0 h1(A, B), 1 h1(B, A)."""
+    """Seconds, H1 totals and their `h0_part`s per barcode: (trials, 2), columns h1(A, B), h1(B, A)."""
 
     seconds: np.ndarray
     h1: np.ndarray
+    h0: np.ndarray
 
     @property
     def rtd(self) -> float:
@@ -71,6 +75,7 @@ def trial_times(
         raise ValueError(f"X and Y need the same rows, got {X.shape[0]} and {Y.shape[0]}")
     seconds = np.zeros((trials, 2))
     h1 = np.zeros((trials, 2))
+    h0 = np.zeros((trials, 2))
     for t, rows in enumerate(_rtd.trial_rows(X.shape[0], trials, batch, seed)):
         a = _rtd.normalised_distances(X[rows], "X")
         b = _rtd.normalised_distances(Y[rows], "Y")
@@ -78,7 +83,8 @@ def trial_times(
             start = time.perf_counter()
             h1[t, j] = h1_total(p, q)
             seconds[t, j] = time.perf_counter() - start
-    return TrialTimes(seconds, h1)
+            h0[t, j] = _rtd.h0_part(p, q)
+    return TrialTimes(seconds, h1, h0)
 
 
 def post_relu(
@@ -136,6 +142,13 @@ def _summary(seconds: np.ndarray, slow: float) -> str:
     return f"{np.median(s):7.3f} {s.max():7.2f} {int(np.sum(s > slow)):3d}/{s.size:<3d}"
 
 
+def _h0_share(times: TrialTimes) -> str:
+    """The slowest barcode's share of its total that `h0_part` gives (what makes it slow)."""
+    i = np.unravel_index(np.argmax(times.seconds), times.seconds.shape)
+    total = times.h1[i]
+    return f"{times.h0[i] / total:6.0%}" if total > 0 else f"{'-':>6}"
+
+
 def activation_pairs(paths: Sequence[Path]) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """Every model pair of per-eps activation files, on the regular and each inverted set."""
     import h5py
@@ -168,6 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-synthetic", action="store_true")
     parser.add_argument("--summary", action="store_true", help="one line over all pairs")
     args = parser.parse_args(argv)
+    # The table's last column says what the slow-barcode warnings would.
+    logging.getLogger(_rtd.__name__).setLevel(logging.ERROR)
     batches = [int(b) for b in args.batches.split(",")]
     data = [] if args.no_synthetic else synthetic_pairs(args.n, args.seed)
     if args.feats_dir is not None:
@@ -175,7 +190,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     data += activation_pairs(args.activations)
     width = max([len(name) for name, _, _ in data] + [4])
     print(f"per-barcode seconds (one thread), {args.trials} trials x 2 directions")
-    print(f"{'data':<{width}} {'batch':>5} | {'median':>7} {'max':>7} >{args.slow:g}s")
+    print(
+        f"{'data':<{width}} {'batch':>5} | {'median':>7} {'max':>7} >{args.slow:g}s"
+        "     h0 of the slowest"
+    )
     every: dict[int, list[np.ndarray]] = {batch: [] for batch in batches}
     for name, x, y in data:
         for batch in batches:
@@ -185,7 +203,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             every[batch].append(times.seconds.ravel())
             if not args.summary:
                 print(
-                    f"{name:<{width}} {batch:>5} | {_summary(times.seconds, args.slow)}", flush=True
+                    f"{name:<{width}} {batch:>5} | {_summary(times.seconds, args.slow)}"
+                    f"  {_h0_share(times)}",
+                    flush=True,
                 )
     for batch, runs in every.items():
         if runs:

@@ -862,8 +862,11 @@ def _rtd_pair(p: _Pair, opts: Options) -> float:
 
     lengths = [
         direction
-        for a, b in zip(p.a.rtd_distances(opts), p.b.rtd_distances(opts))
-        for direction in (_rtd.h1_total(a, b), _rtd.h1_total(b, a))
+        for t, (a, b) in enumerate(zip(p.a.rtd_distances(opts), p.b.rtd_distances(opts)))
+        for direction in (
+            _rtd.h1_total(a, b, f"({p.a.name}, {p.b.name}) trial {t}"),
+            _rtd.h1_total(b, a, f"({p.b.name}, {p.a.name}) trial {t}"),
+        )
     ]
     # fsum is exact, so rtd(X, Y) == rtd(Y, X) to the last bit.
     return math.fsum(lengths) / len(lengths)

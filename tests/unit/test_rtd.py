@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy.spatial.distance import pdist, squareform
 
 from robuniv import bench_rtd
 from robuniv import rtd as R
@@ -106,3 +107,59 @@ def test_bench_main_prints_a_row_per_data_and_batch(tmp_path, capsys) -> None:
     assert len(rows) == len(bench_rtd.synthetic_pairs(40)) + 1
     assert all(" 20 " in line for line in rows)
     assert out.splitlines()[-1].startswith(f"all {len(rows)} pairs")
+
+
+def _vr_h1_total(d: np.ndarray) -> float:
+    import gph
+
+    bars = gph.ripser_parallel(d, maxdim=1, metric="precomputed", n_threads=1)["dgms"][1]
+    bars = bars.astype(np.float64)
+    finite = np.isfinite(bars[:, 1])
+    return float(np.sum(bars[finite, 1] - bars[finite, 0]))
+
+
+def test_spanning_tree_length_matches_scipy_and_counts_zero_edges() -> None:
+    from scipy.sparse.csgraph import minimum_spanning_tree
+
+    x, _ = _features(10, 60, "plain")
+    d = R.normalised_distances(x, "X")
+    assert R.spanning_tree_length(d) == pytest.approx(minimum_spanning_tree(d).sum(), rel=1e-12)
+    # A repeated row joins the tree at length 0 (scipy's sparse graphs would drop that edge).
+    dup = squareform(pdist(np.concatenate([x, x[:5]]).astype(np.float64)))
+    undup = squareform(pdist(x.astype(np.float64)))
+    assert R.spanning_tree_length(dup) == pytest.approx(R.spanning_tree_length(undup), rel=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["plain", "dead_dup", "narrow_zero_rows", "quantised"])
+def test_h1_total_is_components_plus_cycles_of_the_pair(kind: str) -> None:
+    """The exact sequence of (VR(min(A, B)), VR(A)): an independent check of the RTD matrix."""
+    x, y = _features(11, 90, kind)
+    a, b = R.normalised_distances(x[:70], "X"), R.normalised_distances(y[:70], "Y")
+    for p, q in ((a, b), (b, a)):
+        total, h0 = R.h1_total(p, q), R.h0_part(p, q)
+        cycles_bound = _vr_h1_total(np.minimum(p, q))
+        tol = 1e-5 * max(total, 1.0)  # giotto-ph filters in float32
+        assert h0 >= 0
+        assert -tol <= total - h0 <= cycles_bound + tol, (total, h0, cycles_bound)
+
+
+def test_a_barcode_from_all_zero_rows_is_mostly_components() -> None:
+    narrow, wide = _features(12, 120, "narrow_zero_rows")
+    a, b = R.normalised_distances(narrow[:100], "X"), R.normalised_distances(wide[:100], "Y")
+    slow, mirror = (b, a), (a, b)  # all-zero rows are one point of min(a, b), spread out in b
+    assert R.h0_part(*slow) > 0.8 * R.h1_total(*slow)
+    assert R.h1_total(*slow) > 5 * R.h1_total(*mirror)
+
+
+def test_a_slow_barcode_is_explained_in_the_log(monkeypatch, caplog) -> None:
+    x, y = _features(13, 60, "plain")
+    a, b = R.normalised_distances(x[:40], "X"), R.normalised_distances(y[:40], "Y")
+    with caplog.at_level("WARNING", logger="robuniv.rtd"):
+        total = R.h1_total(a, b, "(netA, netB) trial 0")
+    assert not caplog.records
+    monkeypatch.setattr(R, "SLOW_BARCODE_S", 0.0)
+    with caplog.at_level("WARNING", logger="robuniv.rtd"):
+        assert R.h1_total(a, b, "(netA, netB) trial 0") == total
+    (record,) = caplog.records
+    share = f"{100 * R.h0_part(a, b) / total:.0f}% of its total"
+    assert "(netA, netB) trial 0" in record.getMessage() and share in record.getMessage()
