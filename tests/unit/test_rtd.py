@@ -163,3 +163,14 @@ def test_a_slow_barcode_is_explained_in_the_log(monkeypatch, caplog) -> None:
     (record,) = caplog.records
     share = f"{100 * R.h0_part(a, b) / total:.0f}% of its total"
     assert "(netA, netB) trial 0" in record.getMessage() and share in record.getMessage()
+
+
+def test_the_rtd_measure_labels_its_slow_barcodes_by_pair_and_trial(monkeypatch, caplog) -> None:
+    x, y = _features(14, 60, "plain")
+    monkeypatch.setattr(R, "SLOW_BARCODE_S", 0.0)
+    with caplog.at_level("WARNING", logger="robuniv.rtd"):
+        value = rtd(x, y, trials=2, batch=30, seed=0)
+    labels = [r.getMessage().split(" took ")[0] for r in caplog.records]
+    expected = [f"rtd barcode ({p}) trial {t}" for t in (0, 1) for p in ("X, Y", "Y, X")]
+    assert labels == expected, labels
+    assert value == rtd(x, y, trials=2, batch=30, seed=0)
