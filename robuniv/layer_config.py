@@ -93,14 +93,19 @@ def _check_cache() -> Path:
     return Path(root) / "robuniv" / "layer-names.json"
 
 
-def _check_key(arch: str, dataset: str, model: Mapping[str, Any], specs: list[str]) -> str:
+def _code_digest() -> bytes:
     digest = hashlib.sha256()
     here = Path(__file__).resolve().parent
     for name in _NETWORK_CODE:
         digest.update((here / name).read_bytes())
+    return digest.digest()
+
+
+def _check_key(
+    code: bytes, arch: str, dataset: str, model: Mapping[str, Any], specs: list[str]
+) -> str:
     what = [arch, dataset, model["width"], adapt_stem_for(model, arch), specs]
-    digest.update(json.dumps(what, sort_keys=True).encode())
-    return digest.hexdigest()
+    return hashlib.sha256(code + json.dumps(what, sort_keys=True).encode()).hexdigest()
 
 
 def check_module_names(name: str, study: Mapping[str, Any]) -> None:
@@ -116,12 +121,13 @@ def check_module_names(name: str, study: Mapping[str, Any]) -> None:
         passed = set()
     # Networks of the architecture registry; loaded models are checked when they load.
     new = set()
+    code = _code_digest()  # read once, not once per architecture
     for arch in study.get("archs", []):
         penultimate = study.get("model", {}).get("layers", {}).get(arch)
         specs = [*study["layers"].get(arch, []), *([penultimate] if penultimate else [])]
         if not specs:
             continue
-        key = _check_key(arch, study["dataset"]["name"], study["model"], specs)
+        key = _check_key(code, arch, study["dataset"]["name"], study["model"], specs)
         if key in passed:
             continue
         _check_arch(name, study, arch, specs)

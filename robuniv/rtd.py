@@ -69,7 +69,8 @@ def h1_total(a: Matrix, b: Matrix, label: str = "") -> float:
     start = time.perf_counter()
     total = _h1_total(a, b)
     seconds = time.perf_counter() - start
-    if seconds > SLOW_BARCODE_S:
+    # The share costs a spanning tree: only when the warning is shown (bench_rtd silences it).
+    if seconds > SLOW_BARCODE_S and log.isEnabledFor(logging.WARNING):
         share = h0_part(a, b) / total if total > 0 else 0.0
         log.warning(
             "rtd barcode %s took %.1f s: %.0f%% of its total %.6g is components "

@@ -123,7 +123,7 @@ def _kill_one_nowait(
     now = time.monotonic()
     for pid, log in _job_processes(workdir, rule).items():
         key = (pid, rule)
-        # logs/<output path>.log -> <output path>.pt.resume
+        # logs/<output path>.log -> <output path>.pt.resume (training's trigger)
         resume = workdir / log.relative_to(workdir / "logs").with_suffix(".pt.resume")
         if key not in _armed:
             if trigger == RESUME_FILE:
