@@ -71,18 +71,22 @@ def planned_jobs(workdir: Path, config: Path, *targets: str) -> dict[str, int]:
     assert result.returncode == 0, result.stdout + result.stderr
     if "Nothing to be done" in result.stdout + result.stderr:
         return {}
+    return job_table(result.stdout + result.stderr)
+
+
+def job_table(output: str) -> dict[str, int]:
+    """Rule -> job count of the table a Snakemake run prints before its first job."""
     jobs: dict[str, int] = {}
-    in_table = False
-    for line in (result.stdout + result.stderr).splitlines():
+    lines = iter(output.splitlines())
+    for line in lines:
         if line.startswith("job") and "count" in line:
-            in_table = True
-            continue
-        if in_table:
-            parts = line.split()
-            if len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
-                jobs[parts[0]] = int(parts[1])
-            elif parts and parts[0] == "total":
-                break
+            break
+    for line in lines:
+        parts = line.split()
+        if parts and parts[0] == "total":
+            break
+        if len(parts) == 2 and parts[1].isdigit():
+            jobs[parts[0]] = int(parts[1])
     return jobs
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pandas as pd
-from smoke import STUDY, snakemake, write_config
+from smoke import STUDY, job_table, snakemake, write_config
 
 from robuniv import io
 
@@ -83,22 +83,6 @@ def _full_disk(folder: Path) -> Iterator[bool]:
     finally:
         if mounted:
             subprocess.run(["umount", str(folder)], check=True)
-
-
-def _job_counts(output: str) -> dict[str, int]:
-    """Rule -> job count of the table a Snakemake run prints before its first job."""
-    jobs: dict[str, int] = {}
-    lines = iter(output.splitlines())
-    for line in lines:
-        if line.startswith("job") and "count" in line:
-            break
-    for line in lines:
-        parts = line.split()
-        if parts and parts[0] == "total":
-            break
-        if len(parts) == 2 and parts[1].isdigit():
-            jobs[parts[0]] = int(parts[1])
-    return jobs
 
 
 def test_damaged_inputs_fail_alone_with_one_line_each(
@@ -169,7 +153,7 @@ def test_damaged_inputs_fail_alone_with_one_line_each(
         temporary = sorted(str(p) for p in results.rglob(".*.tmp"))
 
     assert run.returncode != 0, output
-    assert _job_counts(output) == {
+    assert job_table(output) == {
         "compute_similarity": 3,
         "evaluate_models": 1,
         "extract_probe_features": 1,
